@@ -1,0 +1,85 @@
+"""Typed batches that flow through one training step, with documented shapes.
+
+Order convention: a step has B prompts and G samples per prompt, N = B*G sequences, group-major
+(sample j of prompt i sits at index i*G + j). ``T`` is the padded length of prompt + response.
+Per-token tensors are aligned with ``input_ids``: position t holds the value for token t
+(its log-prob given tokens < t); position 0 and prompt/padding positions are masked out by
+``response_mask``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Prompt:
+    """One dataset row, ready for rollout and scoring."""
+
+    uid: str
+    """Stable id ``<file>:<row>`` used for grouping and error messages."""
+    prompt_text: str
+    """Chat-templated text with one ``<|vision_start|><|image_pad|><|vision_end|>`` per image."""
+    images: list[Any]
+    """PIL images, already resized to the model's min/max pixels."""
+    row: dict[str, Any]
+    """All row fields (``problem``, ``answer``, ``task``...) for reward functions."""
+
+
+@dataclass
+class RolloutBatch:
+    """What the rollout pool returns for B prompts x G samples (N = B*G, group-major)."""
+
+    prompts: list[Prompt]
+    """[B] the prompts that were sampled."""
+    group_size: int
+    """G."""
+    prompt_ids: list[list[int]]
+    """[N] prompt token ids with image placeholders expanded (as the engine saw them)."""
+    response_ids: list[list[int]]
+    """[N] sampled token ids, EOS included when generation stopped on it."""
+    rollout_logprobs: list[list[float]]
+    """[N] the engine's log-prob of each sampled token."""
+    response_texts: list[str]
+    """[N] decoded responses."""
+    truncated: list[bool]
+    """[N] True when the response hit ``max_new_tokens`` without EOS."""
+    weight_version: int
+    """Policy version the engines held when sampling."""
+
+    @property
+    def group_index(self) -> torch.Tensor:
+        """[N] int64 index of the prompt each sequence belongs to."""
+        return torch.arange(len(self.prompts)).repeat_interleave(self.group_size)
+
+
+@dataclass
+class SequenceBatch:
+    """Padded learner inputs for a set of sequences (a rank's share of a mini-batch)."""
+
+    input_ids: torch.Tensor
+    """[n, T] int64, right-padded prompt + response."""
+    attention_mask: torch.Tensor
+    """[n, T] int64, 1 on real tokens."""
+    response_mask: torch.Tensor
+    """[n, T] float32, 1 on response tokens (EOS included), 0 on prompt and padding."""
+    pixel_values: torch.Tensor
+    """[P, D] flattened image patches of all images of the n sequences, in sequence order."""
+    image_grid_thw: torch.Tensor
+    """[I, 3] (t, h, w) patch grid of each image, in sequence order."""
+    images_per_seq: list[int]
+    """[n] how many images each sequence has (their rows of ``image_grid_thw`` are consecutive)."""
+    advantages: torch.Tensor | None = None
+    """[n, T] float32 per-token advantage (0 off the response)."""
+    old_logprobs: torch.Tensor | None = None
+    """[n, T] log pi_old of each token, recomputed by the learner (no grad)."""
+    ref_logprobs: torch.Tensor | None = None
+    """[n, T] log pi_ref of each token, when a reference model is used."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Algorithm-specific per-sequence or per-token tensors, keyed ``<algorithm>/<name>``."""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])

@@ -1,0 +1,354 @@
+"""The one typed home of every knob.
+
+Hydra composes the YAML tree under ``configs/``; :func:`load_config` converts the result once
+into these frozen dataclasses and :func:`validate` checks it before any Ray actor starts. Every
+default lives here (YAML only chooses and overrides), and every component receives only its own
+sub-config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any actor starts; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "artifacts/tiny-qwen2.5-vl"
+    """Local directory or hub id of a Qwen2.5-VL checkpoint (weights, config, processor)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Learner parameter dtype. bf16 on GPUs; fp32 on CPU (the CPU path is measured in fp32)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """transformers attention kernel for the learner; flash_attention_2 needs the GPU extra."""
+    min_pixels: int = 3136
+    """Images are resized so that H*W >= min_pixels (Qwen2.5-VL smart resize, factor 28)."""
+    max_pixels: int = 12845056
+    """... and H*W <= max_pixels. Caps visual tokens per image at max_pixels / 784."""
+    freeze_vision_tower: bool = False
+    """Train only the language model and merger (EasyR1's ``freeze_vision_tower``)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (GPU runs of 3B/7B)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_files: tuple[str, ...] = ("artifacts/easy_vqa/train.jsonl",)
+    """JSONL or Parquet files of rows ``{images, problem, answer}`` (verl/EasyR1 convention)."""
+    val_files: tuple[str, ...] = ("artifacts/easy_vqa/test.jsonl",)
+    """Held-out rows for validation every ``trainer.val_every`` steps."""
+    prompt_template: str = "think_answer"
+    """Name of a template in :mod:`rl_vlm.data.prompt`."""
+    rollout_batch_size: int = 8
+    """Prompts per training step (each sampled ``rollout.n`` times)."""
+    val_size: int = 64
+    """How many validation rows are scored (the first ``val_size`` rows of ``val_files``)."""
+    max_prompt_length: int = 512
+    """Prompts longer than this (in tokens, image tokens included) are skipped and counted."""
+    shuffle: bool = True
+    """Reshuffle the training rows every epoch (seeded by ``trainer.seed``)."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = 8
+    """Responses sampled per prompt (the GRPO group size G)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    """Response length cap (``max_response_length`` in verl)."""
+    num_engines: int = 1
+    """vLLM engines (one Ray actor each); the prompts of a step are split across them."""
+    tensor_parallel_size: int = 1
+    """GPUs per engine (GPU only)."""
+    gpu_memory_utilization: float = 0.6
+    kv_cache_gib: float = 1.0
+    """KV cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph capture; on CPU there is nothing to capture."""
+    val_n: int = 1
+    """Samples per validation prompt; ``val_n > 1`` also reports pass@k for k = 1..val_n."""
+    val_temperature: float = 0.0
+    """0 = greedy validation."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    num_ranks: int = 2
+    """DeepSpeed ZeRO-3 data-parallel ranks (one Ray actor each)."""
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    """Linear warm-up of the learning rate over this many optimizer steps, then constant."""
+    grad_clip: float = 1.0
+    mini_batch_size: int = 8
+    """Prompts per optimizer step (``global_batch_size`` in EasyR1); must divide the rollout batch."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on one rank; gradients are accumulated over micro-batches."""
+    zero_stage: int = 3
+    offload_optimizer: bool = False
+    """ZeRO-3 optimizer state on CPU (GPU runs)."""
+    offload_params: bool = False
+    torch_threads: int = 1
+    """Intra-op threads per learner process on CPU (2 ranks share a 2-core box)."""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "grpo"
+    """Registered algorithm (see :mod:`rl_vlm.algorithms`)."""
+    norm_adv_by_std: bool = True
+    """Divide group-centred rewards by the group std (False = Dr. GRPO)."""
+    adv_eps: float = 1e-6
+    """epsilon in (R - mean) / (std + eps); 1e-6 in verl/EasyR1, 1e-4 in TRL."""
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    """Clip-higher (DAPO): ratio clipped to [1 - clip_low, 1 + clip_high]."""
+    clip_dual: float = 3.0
+    """Dual-clip constant C for negative advantages; 0 disables it."""
+    kl_coef: float = 0.0
+    """beta of the KL-to-reference loss term; 0 = no reference model is loaded."""
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
+    """k1 = log-ratio, k2 = half squared log-ratio, k3 = low-variance KL (DeepSeekMath)."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
+    entropy_coef: float = 0.0
+    """Coefficient of the exact full-vocabulary entropy bonus (``loss -= coef * H``)."""
+
+
+@dataclass(frozen=True)
+class RewardFunctionConfig:
+    name: str = "accuracy"
+    """A registered reward (see :mod:`rl_vlm.rewards`) or a user function ``file.py:fn`` / ``module:fn``."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    functions: tuple[RewardFunctionConfig, ...] = (
+        RewardFunctionConfig(name="format", weight=0.1),
+        RewardFunctionConfig(name="accuracy", weight=0.9),
+    )
+    """The overall reward is the weighted sum; each sub-score is logged as ``reward/<name>``."""
+    accuracy_key: str = "accuracy"
+    """Which sub-score is reported as the accuracy metric (and pass@k in validation)."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = "local"
+    """``local`` starts a private Ray instance; ``auto`` or ``ray://host:port`` joins an existing one."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """``auto`` = GPU if torch sees one, else CPU. Selects bundles, backend and weight-sync path."""
+    num_cpus: int = 0
+    """Logical CPUs for a local Ray instance; 0 = enough for the pools."""
+    rollout_cpus_per_engine: int = 1
+    learner_cpus_per_rank: int = 1
+    gpus_per_node: int = 8
+    """GPU layout only: used to check that the pools fit."""
+    num_nodes: int = 1
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    total_steps: int = 20
+    seed: int = 1
+    output_dir: str = "runs/default"
+    """Run directory: ``metrics.jsonl``, the resolved config, checkpoints."""
+    val_every: int = 5
+    """Validate on ``data.val_files`` every N steps (and before the first and after the last step); 0 = never."""
+    val_before_train: bool = True
+    log_every: int = 1
+    progress_bar: bool = True
+    wandb_mode: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str = "rl-vlm"
+    wandb_run_name: str = ""
+    """Empty = the basename of ``output_dir``."""
+    save_final_model: bool = False
+    """Write a Hugging Face directory of the final policy to ``<output_dir>/final``."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion: plain dict (from Hydra/OmegaConf) -> frozen dataclasses, with key-naming errors.
+# --------------------------------------------------------------------------------------------
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        args = get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if args and args[-1] is Ellipsis:
+                value = [value]  # a single file name where a list is expected
+            else:
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if args and args[-1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"unknown config key '{where}' (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain (YAML/JSON-able) form of a config; inverse of :func:`from_dict`."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: everything that can be checked before an actor starts.
+# --------------------------------------------------------------------------------------------
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: Config, check_paths: bool = True) -> Config:
+    """Raise ConfigError naming the first offending key; return ``cfg`` unchanged otherwise."""
+    d, r, l, a, c, t = cfg.data, cfg.rollout, cfg.learner, cfg.algorithm, cfg.cluster, cfg.trainer
+    _require(d.rollout_batch_size > 0, "data.rollout_batch_size", "must be positive")
+    _require(r.n >= 2, "rollout.n", f"GRPO needs at least 2 samples per prompt, got {r.n}")
+    _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
+    _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
+    _require(r.num_engines >= 1, "rollout.num_engines", "must be >= 1")
+    _require(r.val_n >= 1, "rollout.val_n", "must be >= 1")
+    _require(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
+    _require(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0..3, got {l.zero_stage}")
+    _require(l.lr > 0, "learner.lr", "must be positive")
+    _require(l.mini_batch_size > 0 and d.rollout_batch_size % l.mini_batch_size == 0, "learner.mini_batch_size",
+             f"{l.mini_batch_size} must divide data.rollout_batch_size={d.rollout_batch_size}")
+    seqs = l.mini_batch_size * r.n
+    _require(seqs % l.num_ranks == 0, "learner.num_ranks",
+             f"a mini-batch of {l.mini_batch_size} prompts x rollout.n={r.n} = {seqs} sequences "
+             f"does not split evenly over {l.num_ranks} ranks")
+    per_rank = seqs // l.num_ranks
+    _require(l.micro_batch_size > 0 and per_rank % l.micro_batch_size == 0, "learner.micro_batch_size",
+             f"{l.micro_batch_size} must divide the {per_rank} sequences each rank gets per mini-batch "
+             f"(learner.mini_batch_size * rollout.n / learner.num_ranks)")
+    _require(d.rollout_batch_size % r.num_engines == 0 or d.rollout_batch_size >= r.num_engines,
+             "rollout.num_engines", f"{r.num_engines} engines for {d.rollout_batch_size} prompts")
+    _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip ranges must be >= 0")
+    _require(a.clip_dual == 0 or a.clip_dual > 1, "algorithm.clip_dual", "must be 0 (off) or > 1")
+    _require(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    _require(len(cfg.reward.functions) > 0, "reward.functions", "at least one reward function is required")
+    _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
+    _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")
+    _require(t.val_every >= 0, "trainer.val_every", "must be >= 0")
+    device = resolve_device(c.device)
+    if device == "gpu":
+        total_gpus = c.num_nodes * c.gpus_per_node
+        need = r.num_engines * r.tensor_parallel_size + l.num_ranks
+        _require(need <= total_gpus, "cluster.gpus_per_node",
+                 f"pools need {need} GPUs (rollout.num_engines * rollout.tensor_parallel_size + "
+                 f"learner.num_ranks) but the cluster has {c.num_nodes} x {c.gpus_per_node} = {total_gpus}")
+    else:
+        _require(r.tensor_parallel_size == 1, "rollout.tensor_parallel_size", "must be 1 on CPU")
+        _require(cfg.model.attn_implementation != "flash_attention_2", "model.attn_implementation",
+                 "flash_attention_2 needs a GPU; use sdpa on CPU")
+    if c.address == "local" and c.num_cpus:
+        need = r.num_engines * c.rollout_cpus_per_engine + l.num_ranks * c.learner_cpus_per_rank
+        _require(need <= c.num_cpus, "cluster.num_cpus",
+                 f"pools need {need} CPUs (rollout {r.num_engines} x {c.rollout_cpus_per_engine} + "
+                 f"learner {l.num_ranks} x {c.learner_cpus_per_rank}) but cluster.num_cpus={c.num_cpus}")
+    if check_paths:
+        _require(os.path.isdir(cfg.model.path) or _looks_like_hub_id(cfg.model.path), "model.path",
+                 f"{cfg.model.path!r} is not a directory (build the tiny model with `rl-vlm build-tiny-model`)")
+        for i, f in enumerate(d.train_files + d.val_files):
+            key = "data.train_files" if i < len(d.train_files) else "data.val_files"
+            _require(os.path.exists(f), key, f"{f!r} does not exist (create easy-VQA files with `rl-vlm prepare-data`)")
+    return cfg
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith((".", "/")) and not path.startswith("artifacts")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``gpu`` if torch sees a CUDA device, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,1 @@
+"""Datasets of ``{images, problem, answer}`` rows, image resizing and prompt templates."""
