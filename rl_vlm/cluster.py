@@ -1,0 +1,244 @@
+"""Ray side of the system: placement groups for the two pools and the actor groups the driver
+drives (a generic fan-out: each group method calls every actor and gathers in rank order)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rl_vlm.batch import Prompt, RolloutBatch
+from rl_vlm.config import ClusterConfig, Config, ConfigError, LearnerConfig, RolloutConfig
+
+# Env for every actor process: one thread per process on a small CPU box; vLLM in-process.
+ACTOR_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """Resources of one bundle per rollout engine and one per learner rank."""
+
+    rollout_bundles: list[dict[str, float]]
+    learner_bundles: list[dict[str, float]]
+    backend: str
+    """Collective backend of the learner group: ``gloo`` on CPU, ``nccl`` on GPU."""
+
+
+def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: LearnerConfig, device: str) -> PoolLayout:
+    """Bundle lists for the two placement groups; raises ConfigError for layouts that can't fit."""
+    if device == "gpu":
+        per_node = cluster.gpus_per_node
+        if rollout.tensor_parallel_size > per_node:
+            raise ConfigError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} exceeds "
+                              f"cluster.gpus_per_node={per_node} (an engine must fit on one node)")
+        need = rollout.num_engines * rollout.tensor_parallel_size + learner.num_ranks
+        if need > per_node * cluster.num_nodes:
+            raise ConfigError(f"cluster.num_nodes: pools need {need} GPUs but "
+                              f"{cluster.num_nodes} x {per_node} are available")
+        rb = [{"GPU": float(rollout.tensor_parallel_size), "CPU": float(cluster.rollout_cpus_per_engine)}
+              for _ in range(rollout.num_engines)]
+        lb = [{"GPU": 1.0, "CPU": float(cluster.learner_cpus_per_rank)} for _ in range(learner.num_ranks)]
+        return PoolLayout(rb, lb, "nccl")
+    rb = [{"CPU": float(cluster.rollout_cpus_per_engine)} for _ in range(rollout.num_engines)]
+    lb = [{"CPU": float(cluster.learner_cpus_per_rank)} for _ in range(learner.num_ranks)]
+    return PoolLayout(rb, lb, "gloo")
+
+
+def start_ray(cfg: Config, layout: PoolLayout) -> None:
+    """Start a private local Ray instance (``cluster.address=local``) or join an existing one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = dict(ACTOR_ENV)
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(cfg.rollout.kv_cache_gib))))
+    runtime_env = {"env_vars": env}
+    if cfg.cluster.address == "local":
+        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    else:
+        ray.init(address=cfg.cluster.address, runtime_env=runtime_env)
+
+
+def _placement_group(bundles: list[dict[str, float]], name: str) -> Any:
+    import ray
+    from ray.util.placement_group import placement_group
+
+    pg = placement_group(bundles, strategy="PACK", name=name)
+    ready, _ = ray.wait([pg.ready()], timeout=120)
+    if not ready:
+        raise RuntimeError(f"placement group {name!r} with bundles {bundles} could not be scheduled "
+                           f"within 120 s; cluster resources: {ray.cluster_resources()}")
+    return pg
+
+
+def _strategy(pg: Any, index: int) -> Any:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
+
+
+# ------------------------------------------------------------------------------------ rollout
+class RolloutGroup:
+    """``rollout.num_engines`` vLLM engines; a step's prompts are split across them evenly."""
+
+    def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
+        import ray
+
+        from rl_vlm.workers.rollout import RolloutEngine
+
+        class RolloutActor(RolloutEngine):
+            def load_buckets(self, refs: list[Any], version: int) -> int:
+                return self.update_weights(ray.get(list(refs)), version)
+
+        self.cfg = cfg.rollout
+        self.pg = _placement_group(layout.rollout_bundles, "rl_vlm_rollout")
+        actor_cls = ray.remote(RolloutActor)
+        self.actors = [
+            actor_cls.options(num_cpus=b.get("CPU", 1), num_gpus=b.get("GPU", 0),
+                              scheduling_strategy=_strategy(self.pg, i)).remote(
+                cfg.model.path, cfg.rollout, cfg.trainer.seed + 1000 * i, device)
+            for i, b in enumerate(layout.rollout_bundles)]
+        self.weight_version = 0
+
+    def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float,
+                 seed: int) -> RolloutBatch:
+        import ray
+
+        k = len(self.actors)
+        chunks = [prompts[i * len(prompts) // k: (i + 1) * len(prompts) // k] for i in range(k)]
+        futures = [a.generate.remote(c, n, temperature, top_p, self.cfg.max_new_tokens, seed + 7919 * i)
+                   for i, (a, c) in enumerate(zip(self.actors, chunks)) if c]
+        samples = [s for part in ray.get(futures) for s in part]
+        return RolloutBatch(
+            prompts=prompts, group_size=n,
+            prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.response_ids for s in samples],
+            rollout_logprobs=[s.logprobs for s in samples], response_texts=[s.text for s in samples],
+            truncated=[s.truncated for s in samples], weight_version=self.weight_version)
+
+    def load_weights(self, refs: list[Any], version: int) -> list[int]:
+        """Every engine loads the buckets; returns the version each engine reports."""
+        import ray
+
+        versions = ray.get([a.load_buckets.remote(refs, version) for a in self.actors])
+        self.weight_version = version
+        return versions
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+
+# ------------------------------------------------------------------------------------ learner
+class LearnerGroup:
+    """``learner.num_ranks`` DeepSpeed ZeRO-3 ranks forming one process group."""
+
+    def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
+        import ray
+
+        from rl_vlm.workers.learner import Learner
+
+        self.cfg = cfg
+        n = cfg.learner.num_ranks
+        self.world_size = n
+        self.pg = _placement_group(layout.learner_bundles, "rl_vlm_learner")
+        actor_cls = ray.remote(Learner)
+        self.actors = [
+            actor_cls.options(num_cpus=b.get("CPU", 1), num_gpus=b.get("GPU", 0),
+                              scheduling_strategy=_strategy(self.pg, r)).remote(
+                r, n, cfg.model, cfg.learner, cfg.algorithm, device, cfg.trainer.seed)
+            for r, b in enumerate(layout.learner_bundles)]
+        addr, port = ray.get(self.actors[0].free_address.remote())
+        per_rank = cfg.learner.mini_batch_size * cfg.rollout.n // n
+        gas = per_rank // cfg.learner.micro_batch_size
+        counts = ray.get([a.init.remote(addr, port, gas) for a in self.actors])
+        self.num_params = counts[0]
+
+    def set_batch(self, rollout: RolloutBatch, mini_batch_size: int, max_response_len: int,
+                  temperature: float) -> list[list[int]]:
+        """Split the step's sequences over ranks: each mini-batch's sequences are cut into
+        ``num_ranks`` contiguous slices. Returns, per rank, the global sequence indices it got."""
+        import ray
+
+        from rl_vlm.workers.learner import RankShard
+
+        G, W = rollout.group_size, self.world_size
+        seqs_per_mb = mini_batch_size * G
+        N = len(rollout.response_ids)
+        assignment: list[list[int]] = [[] for _ in range(W)]
+        mbs: list[list[list[int]]] = [[] for _ in range(W)]
+        num_tokens, num_seqs = [], []
+        for start in range(0, N, seqs_per_mb):
+            idx = list(range(start, min(start + seqs_per_mb, N)))
+            num_tokens.append(float(sum(len(rollout.response_ids[i]) for i in idx)))
+            num_seqs.append(float(sum(1 for i in idx if rollout.response_ids[i])))
+            per = len(idx) // W
+            for r in range(W):
+                part = idx[r * per: (r + 1) * per]
+                mbs[r].append(list(range(len(assignment[r]), len(assignment[r]) + len(part))))
+                assignment[r].extend(part)
+        futures = []
+        for r, actor in enumerate(self.actors):
+            prompt_of = [i // G for i in assignment[r]]
+            used = sorted(set(prompt_of))
+            local = {p: j for j, p in enumerate(used)}
+            shard = RankShard(
+                images=[rollout.prompts[p].images for p in used], prompt_index=[local[p] for p in prompt_of],
+                prompt_ids=[rollout.prompt_ids[i] for i in assignment[r]],
+                response_ids=[rollout.response_ids[i] for i in assignment[r]],
+                mini_batches=mbs[r], num_tokens=num_tokens, num_seqs=num_seqs,
+                max_response_len=max_response_len, temperature=temperature)
+            futures.append(actor.set_batch.remote(shard))
+        ray.get(futures)
+        self.assignment = assignment
+        return assignment
+
+    def _gather(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        N = sum(len(a) for a in self.assignment)
+        out: list[torch.Tensor] = [torch.empty(0)] * N
+        for r, values in enumerate(per_rank):
+            for i, v in zip(self.assignment[r], values):
+                out[i] = v
+        return out
+
+    def compute_logprobs(self, reference: bool = False) -> list[torch.Tensor]:
+        """[N] per-sequence response log-probs (old policy, or the reference), global order."""
+        import ray
+
+        return self._gather(ray.get([a.compute_logprobs.remote(reference) for a in self.actors]))
+
+    def update(self, advantages: list[torch.Tensor], old: list[torch.Tensor],
+               ref: list[torch.Tensor] | None) -> dict[str, float]:
+        import ray
+
+        futures = []
+        for r, a in enumerate(self.actors):
+            sel = self.assignment[r]
+            futures.append(a.update.remote([advantages[i] for i in sel], [old[i] for i in sel],
+                                           None if ref is None else [ref[i] for i in sel]))
+        metrics: dict[str, float] = {}
+        for part in ray.get(futures):
+            for k, v in part.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        return metrics
+
+    def gather_weights(self, bucket_bytes: int = 64 << 20) -> list[Any]:
+        import ray
+
+        return ray.get([a.gather_weights.remote(bucket_bytes) for a in self.actors])[0]
+
+    def save_hf(self, out_dir: str) -> None:
+        import ray
+
+        os.makedirs(out_dir, exist_ok=True)
+        ray.get([a.save_hf.remote(out_dir) for a in self.actors])

@@ -1,0 +1,190 @@
+"""The driver: one training step is the data flow
+
+    dataset -> rollout -> reward -> old log-probs -> advantage -> update -> weight sync
+
+with one named, timed phase per arrow, plus validation on the held-out split every
+``trainer.val_every`` steps. Algorithms plug in through the hooks of
+:class:`rl_vlm.algorithms.base.Algorithm`; this file never asks which algorithm is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rl_vlm.algorithms import build_algorithm
+from rl_vlm.batch import Prompt, RolloutBatch
+from rl_vlm.config import Config, resolve_device, to_dict, validate
+from rl_vlm.rewards.manager import RewardManager
+from rl_vlm.tracking import PhaseTimer, Tracker
+
+log = logging.getLogger("rl_vlm.controller")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def pad_responses(values: list[torch.Tensor] | list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged per-sequence values -> ([N, L] zero-padded, [N, L] mask)."""
+    L = max((len(v) for v in values), default=0) or 1
+    out = torch.zeros(len(values), L)
+    mask = torch.zeros(len(values), L)
+    for i, v in enumerate(values):
+        out[i, : len(v)] = torch.as_tensor(v, dtype=torch.float32)
+        mask[i, : len(v)] = 1.0
+    return out, mask
+
+
+def response_stats(rollout: RolloutBatch) -> dict[str, float]:
+    lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32)
+    return {"response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
+            "response/truncated_frac": sum(rollout.truncated) / max(len(rollout.truncated), 1)}
+
+
+@dataclass
+class System:
+    """Everything the loop drives, built once from the config."""
+
+    cfg: Config
+    train_sampler: Any
+    val_prompts: list[Prompt]
+    rollout: Any
+    learners: Any
+    rewards: RewardManager
+
+
+def build_system(cfg: Config) -> System:
+    """Load data, start Ray, place the pools and start every actor (config already validated)."""
+    from transformers import AutoProcessor
+
+    from rl_vlm.cluster import LearnerGroup, RolloutGroup, pool_layout, start_ray
+    from rl_vlm.data.dataset import PromptSampler, RowDataset
+
+    processor = AutoProcessor.from_pretrained(cfg.model.path)
+    d, m = cfg.data, cfg.model
+    train = RowDataset(d.train_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
+    val = RowDataset(d.val_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
+    sampler = PromptSampler(train, d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle)
+    val_prompts = PromptSampler(val, 1, seed=0, shuffle=False).first(d.val_size)
+    device = resolve_device(cfg.cluster.device)
+    layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
+    start_ray(cfg, layout)
+    rollout = RolloutGroup(cfg, layout, device)
+    learners = LearnerGroup(cfg, layout, device)
+    return System(cfg, sampler, val_prompts, rollout, learners, RewardManager(cfg.reward))
+
+
+def run_validation(sys_: System) -> dict[str, float]:
+    """Score the held-out prompts: mean reward, accuracy (pass@1) and pass@k for k <= val_n."""
+    r = sys_.cfg.rollout
+    batch = sys_.rollout.generate(sys_.val_prompts, r.val_n, max(r.val_temperature, 0.0), 1.0, seed=0)
+    rows = [p.row for p in batch.prompts for _ in range(batch.group_size)]
+    scored = sys_.rewards.score(batch.response_texts, rows)
+    acc = scored.sub_scores[sys_.cfg.reward.accuracy_key].view(-1, batch.group_size)
+    out = {"val/reward": scored.overall.mean().item(), "val/accuracy": acc.mean().item()}
+    correct = (acc > 0.5).sum(dim=1).tolist()
+    for k in range(2, batch.group_size + 1):
+        out[f"val/pass@{k}"] = sum(pass_at_k(batch.group_size, c, k) for c in correct) / len(correct)
+    return out
+
+
+def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
+    cfg, timer = sys_.cfg, PhaseTimer()
+    t0 = time.perf_counter()
+    with timer("rollout"):
+        prompts = sys_.train_sampler.next_batch()
+        rollout = sys_.rollout.generate(prompts, cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
+                                        seed=cfg.trainer.seed * 100_003 + step)
+    with timer("reward"):
+        rows = [p.row for p in prompts for _ in range(cfg.rollout.n)]
+        scored = sys_.rewards.score(rollout.response_texts, rows)
+    with timer("old_logprob"):
+        sys_.learners.set_batch(rollout, cfg.learner.mini_batch_size, cfg.rollout.max_new_tokens,
+                                cfg.rollout.temperature)
+        old = sys_.learners.compute_logprobs()
+        ref = sys_.learners.compute_logprobs(reference=True) if algorithm.needs_reference else None
+    with timer("advantage"):
+        _, mask = pad_responses(rollout.response_ids)
+        adv = algorithm.compute_advantages(scored.overall, rollout.group_size, mask, {})
+        advantages = [adv[i, : len(r)] for i, r in enumerate(rollout.response_ids)]
+    with timer("update"):
+        actor = sys_.learners.update(advantages, old, ref)
+    with timer("sync"):
+        refs = sys_.learners.gather_weights()
+        versions = sys_.rollout.load_weights(refs, step)
+    step_s = time.perf_counter() - t0
+    n_tokens = sum(len(p) + len(r) for p, r in zip(rollout.prompt_ids, rollout.response_ids))
+    old_pad, _ = pad_responses(old)
+    roll_pad, _ = pad_responses(rollout.rollout_logprobs)
+    metrics = {
+        "reward/mean": scored.overall.mean().item(),
+        "reward/std": scored.overall.std().item(),
+        **{f"reward/{k}": v.mean().item() for k, v in scored.sub_scores.items()},
+        "reward/errors": float(scored.num_errors),
+        **response_stats(rollout),
+        **{f"actor/{k}": v for k, v in actor.items()},
+        # How far the engine's sampling distribution is from the learner's (same weights).
+        "rollout/logprob_diff": ((old_pad - roll_pad).abs() * mask).sum().item() / max(mask.sum().item(), 1),
+        "sync/version_min": float(min(versions)),
+        "data/epoch": float(sys_.train_sampler.epoch),
+        "data/skipped": float(sys_.train_sampler.num_skipped),
+        **timer.times,
+        "perf/step_s": step_s,
+        "perf/tokens_per_s": n_tokens / step_s,
+    }
+    if cfg.reward.accuracy_key in scored.sub_scores:
+        metrics["reward/accuracy"] = scored.sub_scores[cfg.reward.accuracy_key].mean().item()
+    return metrics
+
+
+def train(cfg: Config) -> str:
+    """Run ``cfg`` to completion; returns the run directory."""
+    validate(cfg)
+    run_dir = cfg.trainer.output_dir
+    os.makedirs(run_dir, exist_ok=True)
+    _write_resolved_config(cfg, run_dir)
+    algorithm = build_algorithm(cfg.algorithm)
+    sys_ = build_system(cfg)
+    tracker = Tracker(cfg.trainer, run_dir, to_dict(cfg), cfg.trainer.total_steps)
+    tracker.write(f"run dir {run_dir}: {sys_.learners.num_params / 1e6:.2f} M parameters, "
+                  f"{len(sys_.val_prompts)} validation prompts")
+    try:
+        t = cfg.trainer
+        if t.val_every and t.val_before_train:
+            tracker.log(0, run_validation(sys_))
+        for step in range(1, t.total_steps + 1):
+            metrics = train_step(sys_, algorithm, step)
+            if t.val_every and (step % t.val_every == 0 or step == t.total_steps):
+                metrics.update(run_validation(sys_))
+            tracker.log(step, metrics)
+            tracker.advance(1, {k: metrics[k] for k in ("reward/mean", "perf/step_s") if k in metrics})
+        if t.save_final_model:
+            sys_.learners.save_hf(os.path.join(run_dir, "final"))
+    finally:
+        tracker.close()
+        _shutdown()
+    return run_dir
+
+
+def _write_resolved_config(cfg: Config, run_dir: str) -> None:
+    import yaml
+
+    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def _shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

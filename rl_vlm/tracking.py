@@ -1,0 +1,94 @@
+"""Where metrics go: the console (a progress bar plus a readable line per step), a JSONL file
+in the run directory (one object per step, the source of truth), and wandb when enabled."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from rl_vlm.config import TrainerConfig
+
+# What the console line shows, in order, when present.
+CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "val/accuracy", "response/length_mean", "actor/kl",
+                "actor/entropy", "actor/clip_frac", "perf/step_s")
+
+
+class PhaseTimer:
+    """Named, timed phases of one step: ``with timer("rollout"): ...`` -> ``time/rollout_s``."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time/{name}_s"] = self.times.get(f"time/{name}_s", 0.0) + time.perf_counter() - t0
+
+
+class Tracker:
+    def __init__(self, cfg: TrainerConfig, run_dir: str, config_dict: dict[str, Any], total_steps: int,
+                 start_step: int = 0) -> None:
+        self.cfg = cfg
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._bar = None
+        if cfg.progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self._wandb = None
+        if cfg.wandb_mode != "disabled":
+            import wandb
+
+            self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(run_dir),
+                                     dir=run_dir, mode=cfg.wandb_mode, config=config_dict)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+        if step % max(self.cfg.log_every, 1) == 0 or "val/accuracy" in metrics:
+            shown = "  ".join(f"{k.split('/')[-1] if k != 'val/accuracy' else 'val_acc'}={metrics[k]:.3g}"
+                              for k in CONSOLE_KEYS if k in metrics)
+            self.write(f"step {step}: {shown}")
+
+    def advance(self, n: int = 1, postfix: dict[str, float] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """All records of ``<run_dir>/metrics.jsonl``."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,321 @@
+"""One learner rank: a DeepSpeed ZeRO-3 engine over a Qwen2.5-VL policy (a Ray actor).
+
+The driver gives every rank its share of the step's sequences once (:meth:`Learner.set_batch`),
+then asks for old-policy log-probs, runs the update with the advantages it computed, and
+finally asks for the gathered full weights to push into the rollout engines.
+
+Loss scaling. The algorithm returns micro-batch losses normalised by *global* denominators
+(tokens or sequences of the whole mini-batch over all ranks), so their sum over micro-batches
+and ranks is the mini-batch loss. DeepSpeed divides each backward by the accumulation steps and
+averages gradients over ranks; we multiply both factors back so the applied gradient is exactly
+the gradient of that sum.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl_vlm.algorithms import build_algorithm
+from rl_vlm.algorithms.base import LossInputs
+from rl_vlm.batch import SequenceBatch
+from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
+
+
+@dataclass
+class RankShard:
+    """One rank's share of a step: the sequences of every mini-batch, in mini-batch order.
+
+    ``mini_batches[k]`` lists indices into ``seqs`` belonging to mini-batch k; ``num_tokens[k]``
+    and ``num_seqs[k]`` are that mini-batch's totals over *all* ranks (the loss denominators).
+    """
+
+    images: list[list[Any]]
+    """[B_r] PIL images of each prompt this rank needs."""
+    prompt_index: list[int]
+    """[n] which entry of ``images`` each sequence uses."""
+    prompt_ids: list[list[int]]
+    """[n] prompt tokens (image pads expanded)."""
+    response_ids: list[list[int]]
+    """[n] response tokens."""
+    mini_batches: list[list[int]]
+    num_tokens: list[float]
+    num_seqs: list[float]
+    max_response_len: int
+    temperature: float = 1.0
+    """Logits are divided by the rollout temperature before log-softmax (as verl/EasyR1 do)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[n, T, V] logits, [n, T] ids -> [n, T] log p(token_t | tokens_<t), 0 at t = 0."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    out = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(out, (1, 0))
+
+
+def shifted_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[n, T, V] -> [n, T] entropy of the distribution that predicted token t (0 at t = 0)."""
+    from rl_vlm.algorithms.core import entropy_from_logits
+
+    return torch.nn.functional.pad(entropy_from_logits(logits[:, :-1].float()), (1, 0))
+
+
+class Learner:
+    """A ZeRO-3 rank. Construct, then call :meth:`init` on every rank at once (it rendezvouses)."""
+
+    def __init__(self, rank: int, world_size: int, model_cfg: ModelConfig, learner_cfg: LearnerConfig,
+                 algorithm_cfg: AlgorithmConfig, device: str, seed: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.model_cfg, self.cfg, self.device_kind = model_cfg, learner_cfg, device
+        self.algorithm = build_algorithm(algorithm_cfg)
+        self.seed = seed
+        torch.set_num_threads(learner_cfg.torch_threads)
+        self.shard: RankShard | None = None
+        self._pixels: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.optimizer_steps = 0
+
+    # ---------------------------------------------------------------- setup
+    @staticmethod
+    def free_address() -> tuple[str, int]:
+        """This node's IP and a free TCP port, for the process-group rendezvous."""
+        import socket
+
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ip, s.getsockname()[1]
+
+    def init(self, master_addr: str, master_port: int, gas: int) -> int:
+        """Join the process group and build the DeepSpeed engine(s); returns the parameter count."""
+        import deepspeed
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers.integrations import HfDeepSpeedConfig
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0" if self.device_kind == "cpu" else
+                          str(self.rank % max(torch.cuda.device_count(), 1)))
+        backend = "nccl" if self.device_kind == "gpu" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        seed_everything(self.seed + self.rank)
+        self.gas = gas
+        ds_config = self._ds_config(gas)
+        # Must stay alive while from_pretrained runs so weights are partitioned at load (ZeRO-3).
+        self._hf_ds = HfDeepSpeedConfig(ds_config) if self.cfg.zero_stage == 3 else None
+        dtype = torch.bfloat16 if self.model_cfg.dtype == "bfloat16" else torch.float32
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            self.model_cfg.path, dtype=dtype, attn_implementation=self.model_cfg.attn_implementation)
+        if self.model_cfg.freeze_vision_tower:
+            for p in model.model.visual.parameters():
+                p.requires_grad_(False)
+        if self.model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+        self.ref_engine = None
+        if self.algorithm.needs_reference:
+            ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                self.model_cfg.path, dtype=dtype, attn_implementation=self.model_cfg.attn_implementation)
+            ref_config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
+            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=ref_config)
+            self.ref_engine.eval()
+        self.processor = AutoProcessor.from_pretrained(self.model_cfg.path)
+        self.image_token_id = model.config.image_token_id
+        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+
+    def _ds_config(self, gas: int) -> dict[str, Any]:
+        c = self.cfg
+        zero: dict[str, Any] = {"stage": c.zero_stage}
+        if c.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if c.offload_params:
+            zero["offload_param"] = {"device": "cpu"}
+        return {
+            "train_micro_batch_size_per_gpu": c.micro_batch_size,
+            "gradient_accumulation_steps": gas,
+            "train_batch_size": c.micro_batch_size * gas * self.world_size,
+            "gradient_clipping": c.grad_clip,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.model_cfg.dtype == "bfloat16"},
+            "optimizer": {"type": "AdamW", "params": {
+                "lr": c.lr, "betas": list(c.betas), "weight_decay": c.weight_decay, "eps": 1e-8,
+                # No fused CUDA Adam on CPU; DeepSpeed's CPU Adam needs a compiled op.
+                "torch_adam": self.device_kind == "cpu"}},
+            "scheduler": {"type": "WarmupLR", "params": {
+                "warmup_min_lr": 0.0, "warmup_max_lr": c.lr, "warmup_num_steps": c.warmup_steps,
+                "warmup_type": "linear"}},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    # ---------------------------------------------------------------- per step
+    def set_batch(self, shard: RankShard) -> None:
+        """Receive this rank's sequences for the step and preprocess their images once."""
+        self.shard = shard
+        self._pixels = []
+        for imgs in shard.images:
+            out = self.processor.image_processor(images=imgs, return_tensors="pt")
+            self._pixels.append((out["pixel_values"], out["image_grid_thw"]))
+
+    def _collate(self, idx: list[int]) -> SequenceBatch:
+        s = self.shard
+        assert s is not None
+        seqs = [s.prompt_ids[i] + s.response_ids[i] for i in idx]
+        T = max(len(x) for x in seqs)
+        pad = self.processor.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(idx), T), dtype=torch.long)
+        resp = torch.zeros((len(idx), T), dtype=torch.float32)
+        pixels, grids, per_seq = [], [], []
+        for row, i in enumerate(idx):
+            p, r = len(s.prompt_ids[i]), len(s.response_ids[i])
+            input_ids[row, : p + r] = torch.tensor(seqs[row])
+            attn[row, : p + r] = 1
+            resp[row, p: p + r] = 1.0
+            pv, thw = self._pixels[s.prompt_index[i]]
+            pixels.append(pv)
+            grids.append(thw)
+            per_seq.append(int(thw.shape[0]))
+        return SequenceBatch(input_ids=input_ids, attention_mask=attn, response_mask=resp,
+                             pixel_values=torch.cat(pixels), image_grid_thw=torch.cat(grids),
+                             images_per_seq=per_seq)
+
+    def _forward(self, module: torch.nn.Module, b: SequenceBatch, with_entropy: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dev = next(module.parameters()).device
+        ids = b.input_ids.to(dev)
+        # mrope needs to know which tokens are image tokens; without this transformers silently
+        # falls back to 1-D positions and the log-probs disagree with vLLM.
+        mm_types = (ids == self.image_token_id).int()
+        out = module(input_ids=ids, attention_mask=b.attention_mask.to(dev),
+                     pixel_values=b.pixel_values.to(dev, dtype=next(module.parameters()).dtype),
+                     image_grid_thw=b.image_grid_thw.to(dev), mm_token_type_ids=mm_types, use_cache=False)
+        logits = out.logits / self.shard.temperature
+        logp = token_logprobs(logits, ids)
+        ent = shifted_entropy(logits) if with_entropy else None
+        return logp, ent
+
+    def _micro_batches(self, seq_idx: list[int]) -> list[list[int]]:
+        m = self.cfg.micro_batch_size
+        return [seq_idx[i: i + m] for i in range(0, len(seq_idx), m)]
+
+    @torch.no_grad()
+    def compute_logprobs(self, reference: bool = False) -> list[torch.Tensor]:
+        """Per-sequence log-probs of the response tokens ([len(response)] each), no grad."""
+        engine = self.ref_engine if reference else self.engine
+        engine.eval()
+        s = self.shard
+        out: list[torch.Tensor] = [torch.empty(0)] * len(s.prompt_ids)
+        order = [i for mb in s.mini_batches for i in mb]
+        for micro in self._micro_batches(order):
+            b = self._collate(micro)
+            logp, _ = self._forward(engine, b, with_entropy=False)
+            for row, i in enumerate(micro):
+                p, r = len(s.prompt_ids[i]), len(s.response_ids[i])
+                out[i] = logp[row, p: p + r].float().cpu()
+        return out
+
+    def _per_token(self, values: list[torch.Tensor], micro: list[int], like: SequenceBatch) -> torch.Tensor:
+        out = torch.zeros_like(like.response_mask)
+        for row, i in enumerate(micro):
+            p, r = len(self.shard.prompt_ids[i]), len(self.shard.response_ids[i])
+            out[row, p: p + r] = values[i]
+        return out
+
+    def update(self, advantages: list[torch.Tensor], old_logprobs: list[torch.Tensor],
+               ref_logprobs: list[torch.Tensor] | None) -> dict[str, float]:
+        """One optimizer step per mini-batch. Inputs are per sequence of this rank's shard,
+        response-aligned ([len(response)] each). Returns metrics summed over micro-batches
+        (global-normalised contributions; the driver sums them over ranks) averaged over
+        mini-batches, plus grad norm and learning rate."""
+        s = self.shard
+        self.engine.train()
+        totals: dict[str, float] = {}
+        grad_norms, n_mb = [], len(s.mini_batches)
+        for k, mb in enumerate(s.mini_batches):
+            for micro in self._micro_batches(mb):
+                b = self._collate(micro)
+                logp, ent = self._forward(self.engine, b, with_entropy=True)
+                dev = logp.device
+                mask = b.response_mask.to(dev)
+                inp = LossInputs(
+                    logprobs=logp, old_logprobs=self._per_token(old_logprobs, micro, b).to(dev),
+                    ref_logprobs=None if ref_logprobs is None else self._per_token(ref_logprobs, micro, b).to(dev),
+                    advantages=self._per_token(advantages, micro, b).to(dev), response_mask=mask,
+                    entropy=ent if self.algorithm.needs_entropy_grad else ent.detach(),
+                    num_tokens=s.num_tokens[k], num_seqs=s.num_seqs[k],
+                    max_response_len=s.max_response_len, extras={})
+                res = self.algorithm.loss(inp)
+                self.engine.backward(res.loss * self.gas * self.world_size)
+                self.engine.step()
+                for name, v in res.metrics.items():
+                    totals[name] = totals.get(name, 0.0) + float(v) / n_mb
+            gn = self.engine.get_global_grad_norm()
+            grad_norms.append(float(gn) if gn is not None else float("nan"))
+            self.optimizer_steps += 1
+        totals["grad_norm"] = float(np.mean(grad_norms)) / self.world_size  # the driver sums over ranks
+        totals["lr"] = float(self.engine.get_lr()[0]) / self.world_size
+        return totals
+
+    # ---------------------------------------------------------------- weight sync
+    def gather_weights(self, bucket_bytes: int) -> list[Any]:
+        """Gather the full parameters (collective: every rank must call) into buckets of about
+        ``bucket_bytes`` and put them in the Ray object store. Rank 0 returns the ObjectRefs;
+        the other ranks return []."""
+        import deepspeed
+        import ray
+
+        refs: list[Any] = []
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        named = list(self.engine.module.named_parameters())
+        group: list[tuple[str, torch.nn.Parameter]] = []
+
+        def flush_group() -> None:
+            nonlocal bucket, size
+            params = [p for _, p in group]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None,
+                                                   enabled=self.cfg.zero_stage == 3):
+                if self.rank == 0:
+                    for name, p in group:
+                        bucket.append((name, p.detach().to("cpu", copy=True)))
+            if self.rank == 0:
+                refs.append(ray.put(bucket))
+            bucket, size = [], 0
+            group.clear()
+
+        for name, p in named:
+            group.append((name, p))
+            size += (p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size()
+            if size >= bucket_bytes:
+                flush_group()
+        if group:
+            flush_group()
+        return refs
+
+    def save_hf(self, out_dir: str) -> None:
+        """Write a Hugging Face directory (weights, config, processor) of the current policy."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.zero_stage == 3):
+            if self.rank == 0:
+                state = {k: v.detach().cpu().clone() for k, v in self.engine.module.state_dict().items()}
+        if self.rank == 0:
+            self.engine.module.save_pretrained(out_dir, state_dict=state)
+            self.processor.save_pretrained(out_dir)
