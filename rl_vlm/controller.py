@@ -135,6 +135,7 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         **{f"actor/{k}": v for k, v in actor.items()},
         # How far the engine's sampling distribution is from the learner's (same weights).
         "rollout/logprob_diff": ((old_pad - roll_pad).abs() * mask).sum().item() / max(mask.sum().item(), 1),
+        "rollout/logprob_max_diff": ((old_pad - roll_pad).abs() * mask).max().item(),
         "sync/version_min": float(min(versions)),
         "data/epoch": float(sys_.train_sampler.epoch),
         "data/skipped": float(sys_.train_sampler.num_skipped),

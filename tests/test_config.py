@@ -1,0 +1,107 @@
+"""Every config file composes and validates; bad configs fail early with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rl_vlm.cluster import pool_layout
+from rl_vlm.compose import compose, config_dir
+from rl_vlm.config import ClusterConfig, Config, ConfigError, LearnerConfig, RolloutConfig, validate
+
+
+def _group_options() -> list[str]:
+    root = config_dir()
+    return [f"{g.name}={f.stem}" for g in sorted(root.iterdir()) if g.is_dir() and g.name != "experiment"
+            for f in sorted(g.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("override", _group_options())
+def test_every_group_option_composes(override: str) -> None:
+    cfg = compose([override])
+    assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(experiment: str) -> None:
+    cfg = compose([f"experiment={experiment}"])
+    # GPU experiments validate against their declared GPU layout regardless of this machine.
+    validate(cfg, check_paths=False)
+
+
+def test_experiment_overrides_reach_the_dataclasses() -> None:
+    cfg = compose(["experiment=grpo_qwen2_5_vl_7b"])
+    assert cfg.model.path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert cfg.model.dtype == "bfloat16"
+    assert cfg.learner.lr == 1e-6 and cfg.rollout.n == 5
+    # Keys the experiment does not mention keep the dataclass defaults.
+    assert cfg.algorithm.clip_dual == 3.0
+
+
+def test_command_line_overrides_and_types() -> None:
+    cfg = compose(["learner.lr=1e-3", "rollout.n=4", "data.train_files=[a.jsonl,b.jsonl]"])
+    assert cfg.learner.lr == 1e-3 and isinstance(cfg.learner.lr, float)
+    assert cfg.rollout.n == 4
+    assert cfg.data.train_files == ("a.jsonl", "b.jsonl")
+
+
+def test_misspelled_key_on_command_line_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"learner\.lrr"):
+        compose(["learner.lrr=1e-3"])
+
+
+def test_unknown_key_in_a_yaml_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    (root / "learner" / "default.yaml").write_text("num_ranks: 2\nmicro_batch: 4\n")
+    monkeypatch.setenv("RL_VLM_CONFIG_DIR", str(root))
+    with pytest.raises(ConfigError, match=r"unknown config key 'learner\.micro_batch'"):
+        compose([])
+
+
+def test_wrong_type_and_bad_choice_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"learner\.lr: expected a number"):
+        compose(["learner.lr=fast"])
+    with pytest.raises(ConfigError, match=r"algorithm\.loss_agg: 'mean' is not one of"):
+        compose(["algorithm.loss_agg=mean"])
+    with pytest.raises(ConfigError, match=r"rollout\.n: expected an integer"):
+        compose(["rollout.n=2.5"])
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["learner.mini_batch_size=5"], "learner.mini_batch_size"),
+    (["learner.micro_batch_size=3"], "learner.micro_batch_size"),
+    (["rollout.n=1"], "rollout.n"),
+    (["learner.num_ranks=3"], "learner.num_ranks"),
+    (["cluster.num_cpus=2"], "cluster.num_cpus"),
+    (["model.attn_implementation=flash_attention_2", "cluster.device=cpu"], "model.attn_implementation"),
+    (["cluster.device=gpu", "cluster.gpus_per_node=4", "rollout.num_engines=4"], "cluster.gpus_per_node"),
+])
+def test_validation_names_the_offending_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose(overrides), check_paths=False)
+
+
+def test_missing_model_path_is_reported() -> None:
+    with pytest.raises(ConfigError, match=r"model\.path"):
+        validate(compose(["model.path=/nonexistent/model"]))
+
+
+def test_pool_layout_cpu_and_gpu() -> None:
+    r, l = RolloutConfig(num_engines=2), LearnerConfig(num_ranks=2)
+    cpu = pool_layout(ClusterConfig(), r, l, "cpu")
+    assert cpu.backend == "gloo" and cpu.rollout_bundles == [{"CPU": 1.0}] * 2
+    assert cpu.learner_bundles == [{"CPU": 1.0}] * 2
+    gpu = pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(num_engines=2, tensor_parallel_size=2),
+                      LearnerConfig(num_ranks=4), "gpu")
+    assert gpu.backend == "nccl"
+    assert [b["GPU"] for b in gpu.rollout_bundles] == [2.0, 2.0]
+    assert [b["GPU"] for b in gpu.learner_bundles] == [1.0] * 4
+    with pytest.raises(ConfigError, match="cluster.num_nodes"):
+        pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(num_engines=4, tensor_parallel_size=2),
+                    LearnerConfig(num_ranks=4), "gpu")
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(tensor_parallel_size=16), l, "gpu")
