@@ -1,0 +1,310 @@
+"""The algorithm contract. :class:`Algorithm` itself is plain GRPO (algorithms.md §1.1).
+
+A variant (PAPO §2, VPPO §3, GRPO-CARE §4, VOGUE §5) subclasses :class:`Algorithm`, overrides
+only the hooks it changes, and opens with a docstring naming the paper, the equation and its
+delta from GRPO. The driver and the learner call the hooks unconditionally and never ask which
+algorithm is running. Where each hook runs, in step order:
+
+=====================  ==========  ===========================================================
+hook                   where       GRPO                    what a variant does there
+=====================  ==========  ===========================================================
+``views()``            driver +    none                    PAPO masked image (with grad
+                       learner                             optional), VPPO perturbed image,
+                                                           VOGUE noisy image
+``score_rollouts``     driver      rewards unchanged       GRPO-CARE consistency bonus from an
+                                                           EMA reference's answer likelihood
+``compute_advantages`` driver      group advantage,        VPPO reweighting, VOGUE uncertainty
+                                   broadcast on tokens     bonus
+``token_weights``      learner     None (all ones)         VPPO top-k pivotal-token mask
+``extra_loss_terms``   learner     none                    PAPO perception KL + double
+                                                           entropy, VOGUE/VPPO entropy terms
+=====================  ==========  ===========================================================
+
+``loss`` composes the clipped policy-gradient loss (weighted by ``token_weights``), β·KL to the
+reference (when ``kl_coef > 0``), −entropy_coef·H (when ``entropy_coef > 0``) and the extra
+terms, all aggregated with the configured ``loss_agg`` mode and the mini-batch's global
+denominators (see :func:`rl_vlm.algorithms.core.aggregate`).
+
+Extras. Algorithm-specific tensors travel in ``extras`` dicts keyed ``<namespace>/<name>``
+(as in :class:`rl_vlm.batch.SequenceBatch`). Reserved keys filled by the framework:
+
+- ``old_logprobs`` / ``ref_logprobs`` ``[N, T]`` (driver-side hooks only; the loss gets them
+  as :class:`LossInputs` fields): the learner's no-grad log-probs of the step's sequences.
+- ``view/<name>/old_logprobs`` ``[N, T]``: log π_old of the sampled response tokens with view
+  ``<name>``'s images, computed once before the update without grad (like ``old_logprobs``).
+- ``view/<name>/logprobs`` ``[n, T]``: the same under the current policy, recomputed in every
+  micro-batch with grad; present in :class:`LossInputs` only for views with ``with_grad``.
+- ``step`` / ``total_steps`` (int): the current training step (1-based) and the planned total,
+  for scheduled coefficients (PAPO annealing, VOGUE branch probability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rl_vlm.algorithms.core import (
+    AGG_MODES,
+    KL_KINDS,
+    aggregate,
+    clipped_policy_loss,
+    group_advantages,
+    kl_estimate,
+    masked_sum,
+    policy_ratio,
+)
+from rl_vlm.config import AlgorithmConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL.Image import Image
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """An extra image view the learner must run the policy on (hook 1).
+
+    The view feeds the *same* prompt and response token ids with transformed ``pixel_values``
+    (transforms keep the image size, so the visual-token count is unchanged).
+    """
+
+    name: str
+    """Key of the view's tensors in extras: ``view/<name>/old_logprobs``, ``view/<name>/logprobs``."""
+    with_grad: bool
+    """Also recompute the view's log-probs in every update micro-batch with grad (PAPO with
+    ``RECOMPUTE_AUG_LOG_PROBS``). False = only the no-grad pre-update pass (PAPO default, VPPO,
+    VOGUE)."""
+    transform: Callable[[Image, np.random.Generator], Image]
+    """Maps one PIL image (already resized to the model's min/max pixels) and a seeded numpy
+    generator to the transformed image of the same size."""
+    per_response: bool = False
+    """Draw a new transform per response (VPPO, §3.2) instead of one per prompt shared by its G
+    responses (PAPO, §2.2)."""
+
+
+@dataclass
+class RolloutScores:
+    """What :meth:`Algorithm.score_rollouts` returns."""
+
+    rewards: torch.Tensor
+    """[N] the rewards that enter the advantage (GRPO: the input rewards, unchanged)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Step-level statistics of the scoring (e.g. GRPO-CARE's bonus rate), logged as given."""
+
+
+@dataclass
+class LossInputs:
+    """Everything :meth:`Algorithm.loss` sees: ONE micro-batch (n sequences) on ONE rank.
+
+    Per-token tensors are ``[n, T]`` on the learner device, aligned with the micro-batch's
+    ``input_ids`` (T = its padded prompt + response width, which may differ between
+    micro-batches) and are only meaningful where ``response_mask`` is 1.
+    """
+
+    logprobs: torch.Tensor
+    """[n, T] log π_θ of each token under the current policy, WITH grad."""
+    old_logprobs: torch.Tensor
+    """[n, T] log π_old (the rollout policy, recomputed by the learner), no grad."""
+    ref_logprobs: torch.Tensor | None
+    """[n, T] log π_ref, no grad; None when no reference model is loaded."""
+    advantages: torch.Tensor
+    """[n, T] per-token advantages from :meth:`Algorithm.compute_advantages`, no grad."""
+    response_mask: torch.Tensor
+    """[n, T] float, 1 on response tokens (EOS included), 0 on prompt and padding."""
+    entropy: torch.Tensor | None
+    """[n, T] exact full-vocabulary entropy of the distribution that produced each token; with
+    grad when :attr:`Algorithm.needs_entropy_grad`, else detached (metric only) or None."""
+    num_tokens: float
+    """Σ response_mask over the whole MINI-batch, summed over all ranks."""
+    num_seqs: float
+    """Number of sequences with ≥ 1 response token in the whole mini-batch, over all ranks."""
+    max_response_len: int
+    """The configured max response length (Dr. GRPO's constant normaliser)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Algorithm-specific per-token ``[n, T]`` / per-sequence ``[n]`` tensors for these n
+    sequences, plus ``step``/``total_steps`` (see the module docstring)."""
+
+
+@dataclass
+class LossTerm:
+    """An extra loss term (hook 5): the loss gains ``coef * value``.
+
+    ``value`` is a scalar tensor normalised with the global denominators (normally via
+    :func:`~rl_vlm.algorithms.core.aggregate`), so it obeys the same summing contract as
+    :attr:`LossOutput.loss`. It is logged unweighted under ``name``; ``metrics`` adds further
+    contributions (scalar tensors) that obey the :attr:`LossOutput.metrics` contract.
+    """
+
+    name: str
+    value: torch.Tensor
+    coef: float
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LossOutput:
+    """What :meth:`Algorithm.loss` returns for one micro-batch on one rank.
+
+    Summing contract: both ``loss`` and every entry of ``metrics`` are this micro-batch's
+    CONTRIBUTION, normalised with the mini-batch's global denominators, so that summing them
+    over all micro-batches on all ranks gives the mini-batch value (for ``loss``: the value
+    and the gradient of the loss of the whole mini-batch computed in one piece). The learner
+    therefore just adds them up; it must not average. Non-additive statistics (max, min,
+    quantiles) do not belong here.
+    """
+
+    loss: torch.Tensor
+    """Scalar tensor with grad; call backward on it (scaled as the learner's engine needs)."""
+    metrics: dict[str, float]
+    """Always ``loss``, ``pg_loss`` (the aggregated policy term), ``clip_frac`` (fraction of
+    valid tokens whose gradient is cut by clipping, either side or dual), ``clip_frac_high``
+    (the part with A > 0), ``clip_frac_low`` (the part with A < 0, dual clip included) and
+    ``ratio_mean`` (token-mean of π_θ/π_old). ``kl`` when reference log-probs are given and
+    ``entropy`` when entropies are given (both aggregated like the loss, unweighted). Plus each
+    extra term's ``name`` and metrics."""
+
+
+class Algorithm:
+    """Plain GRPO (DeepSeekMath) with DAPO clip-higher and dual-clip, algorithms.md §1.1.
+
+    Objective minimised per mini-batch:
+
+        agg( max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high)) [dual-clipped at −A·C where A < 0] )
+        + β · agg(KL_k(π_θ ‖ π_ref)) − c_H · agg(H[π_θ])
+
+    with A from :func:`~rl_vlm.algorithms.core.group_advantages` and ``agg`` the
+    ``cfg.loss_agg`` mode. Dr. GRPO is this class with ``norm_adv_by_std=False`` and
+    ``loss_agg="seq-mean-token-sum-norm"``.
+    """
+
+    def __init__(self, cfg: AlgorithmConfig) -> None:
+        if cfg.loss_agg not in AGG_MODES:
+            raise ValueError(f"algorithm.loss_agg={cfg.loss_agg!r} is not one of {list(AGG_MODES)}")
+        if cfg.kl_estimator not in KL_KINDS:
+            raise ValueError(f"algorithm.kl_estimator={cfg.kl_estimator!r} is not one of {list(KL_KINDS)}")
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the learner must load a frozen reference model (β = kl_coef > 0)."""
+        return self.cfg.kl_coef > 0
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        """Whether :attr:`LossInputs.entropy` must carry grad (entropy_coef > 0)."""
+        return self.cfg.entropy_coef > 0
+
+    # ------------------------------------------------------------------ hook 1
+    def views(self) -> tuple[ViewSpec, ...]:
+        """Extra image views to run before/during the update (GRPO: none)."""
+        return ()
+
+    # ------------------------------------------------------------------ hook 2
+    def score_rollouts(self, rewards: torch.Tensor, sub_scores: Mapping[str, torch.Tensor], group_size: int,
+                       response_mask: torch.Tensor, extras: Mapping[str, Any]) -> RolloutScores:
+        """Extra per-rollout scoring before advantages (GRPO: no-op).
+
+        Args:
+            rewards: [N] overall reward per sequence (group-major, N = B·G).
+            sub_scores: [N] each, the reward functions' sub-scores by name (e.g. ``accuracy``).
+            group_size: G.
+            response_mask: [N, T] float response mask.
+            extras: the step's extras ([N, ...] tensors, ``view/*/old_logprobs``, ``step``...).
+
+        Returns:
+            The rewards to feed :meth:`compute_advantages` and scoring metrics.
+        """
+        return RolloutScores(rewards=rewards)
+
+    # ------------------------------------------------------------------ hook 3
+    def compute_advantages(self, rewards: torch.Tensor, group_size: int, response_mask: torch.Tensor,
+                           extras: Mapping[str, Any]) -> torch.Tensor:
+        """Per-token advantages, algorithms.md §1.1: A_{i,t} = A_i · m_{i,t}.
+
+        Args:
+            rewards: [N] rewards from :meth:`score_rollouts`, group-major.
+            group_size: G.
+            response_mask: [N, T] float response mask.
+            extras: as in :meth:`score_rollouts` (unused by GRPO).
+
+        Returns:
+            [N, T] float32, 0 off the response.
+        """
+        adv = group_advantages(rewards, group_size, norm_by_std=self.cfg.norm_adv_by_std, eps=self.cfg.adv_eps)
+        return adv.to(response_mask.device)[:, None] * response_mask.float()
+
+    # ------------------------------------------------------------------ hook 4
+    def token_weights(self, inp: LossInputs) -> torch.Tensor | None:
+        """[n, T] per-token weights/masks multiplied into the policy-gradient loss before
+        aggregation, or None for all ones (GRPO). The denominators are NOT renormalised to the
+        selected tokens, matching VPPO's token-level gradient filtering (§3.1)."""
+        return None
+
+    # ------------------------------------------------------------------ hook 5
+    def extra_loss_terms(self, inp: LossInputs) -> list[LossTerm]:
+        """Additional loss terms with their own metrics (GRPO: none); see :class:`LossTerm`."""
+        return []
+
+    # ------------------------------------------------------------------ the loss
+    def _agg(self, values: torch.Tensor, inp: LossInputs) -> torch.Tensor:
+        """``cfg.loss_agg`` of a per-token [n, T] quantity with the mini-batch's global denominators."""
+        return aggregate(values, inp.response_mask, self.cfg.loss_agg, inp.num_tokens, inp.num_seqs,
+                         inp.max_response_len)
+
+    def loss(self, inp: LossInputs) -> LossOutput:
+        """The micro-batch loss: PG + β·KL − c_H·H + Σ extra terms (see the class docstring).
+
+        Follows the :class:`LossOutput` summing contract: every value is divided by the
+        mini-batch's global denominators, never by this micro-batch's own counts.
+        """
+        cfg, mask = self.cfg, inp.response_mask
+        pg_tok, clipped = clipped_policy_loss(inp.logprobs, inp.old_logprobs, inp.advantages,
+                                              cfg.clip_low, cfg.clip_high, cfg.clip_dual)
+        weights = self.token_weights(inp)
+        if weights is not None:
+            pg_tok = pg_tok * weights.detach()
+        pg_loss = self._agg(pg_tok, inp)
+        total = pg_loss
+        stats: dict[str, torch.Tensor] = {"pg_loss": pg_loss}
+
+        if inp.ref_logprobs is not None:
+            kl = self._agg(kl_estimate(inp.logprobs, inp.ref_logprobs, cfg.kl_estimator), inp)
+            stats["kl"] = kl
+            if cfg.kl_coef > 0:
+                total = total + cfg.kl_coef * kl
+        elif cfg.kl_coef > 0:
+            raise ValueError("algorithm.kl_coef > 0 but LossInputs.ref_logprobs is None "
+                             "(the learner must load the reference model when needs_reference is True)")
+
+        if inp.entropy is not None:
+            ent = self._agg(inp.entropy, inp)
+            stats["entropy"] = ent
+            if cfg.entropy_coef > 0:
+                total = total - cfg.entropy_coef * ent
+        elif cfg.entropy_coef > 0:
+            raise ValueError("algorithm.entropy_coef > 0 but LossInputs.entropy is None")
+
+        for term in self.extra_loss_terms(inp):
+            for key in (term.name, *term.metrics):
+                if key in stats:
+                    raise ValueError(f"extra loss term metric {key!r} collides with an existing metric")
+            total = total + term.coef * term.value
+            stats[term.name] = term.value
+            stats.update(term.metrics)
+
+        with torch.no_grad():
+            # Token fractions over the GLOBAL token count, so they too sum over micro-batches.
+            denom = max(float(inp.num_tokens), 1.0)
+            adv = inp.advantages
+            stats["clip_frac"] = masked_sum(clipped, mask) / denom
+            stats["clip_frac_high"] = masked_sum(clipped * (adv > 0), mask) / denom
+            stats["clip_frac_low"] = masked_sum(clipped * (adv < 0), mask) / denom
+            stats["ratio_mean"] = masked_sum(policy_ratio(inp.logprobs, inp.old_logprobs), mask) / denom
+        stats["loss"] = total
+        # One device->host transfer for all metrics instead of one sync per .item().
+        values = torch.stack([v.detach().double().reshape(()) for v in stats.values()]).tolist()
+        return LossOutput(loss=total, metrics=dict(zip(stats.keys(), values)))

@@ -1,0 +1,124 @@
+"""A strict accuracy reward for ``<answer>``-tagged responses (algorithms.md §7).
+
+``accuracy_reward`` returns a float in {0.0, 1.0}. The predicted answer is the content of the
+LAST complete ``<answer>…</answer>`` pair (VLM-R1's choice); a response without one scores 0.
+It is correct when any of these holds, checked in order:
+
+1. Normalised exact match: lower-cased, whitespace collapsed, the articles a/an/the dropped,
+   and sentence punctuation (``.,;:!?`` and quotes) stripped at the ends. Signs and brackets
+   are kept, so "-3" ≠ "3" and "(1,2)" ≠ "[1,2]".
+2. Multiple choice: when the ground truth is one option letter A–E ("B", "(B)", "B.", "B)"),
+   the answer must name the same letter: alone in one of those forms (either case), or in
+   upper case with a delimiter and the option text ("(B) 12", "B. 12"; not "B 12"). With a
+   letter ground truth this rule decides; rule 3 is not tried.
+3. Math: when the ground truth contains a digit or a LaTeX command, both strings are parsed by
+   ``math_verify`` as ONE LaTeX expression each (wrapped in ``\\boxed{}``) and compared with
+   ``verify(gold, pred)``, so "\\frac{1}{2}" = "0.5" and "1,000" = "1000".
+
+Deliberately strict, unlike the lenient fall-backs of the authors' code (§6.2, §9.21):
+math_verify's default extraction would take the last number of "2 or 3" and accept it for 3;
+parsing the whole answer makes that the set {2, 3} instead. Words are never compared
+symbolically (math_verify would read "cat" and "act" as the same product a·c·t), hence the
+digit/LaTeX gate on the ground truth. There is no substring or fuzzy matching.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+# Content of an <answer> pair that contains no further <answer> opener, so the LAST complete
+# pair wins even after an unclosed earlier tag ("<answer>a <answer>b</answer>" -> "b").
+_ANSWER = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_SPACES = re.compile(r"\s+")
+_END_CHARS = " \t\n\r\f\v.,;:!?\"'`"
+# Ground-truth option letter: "B", "(B)", "B.", "B)", "B:".
+_GT_LETTER = re.compile(r"\(?([A-E])\)?[.:)]?")
+# Predicted option: the bare forms above in either case ("b" as "B", which rule 1 already
+# accepts, but "a" is an article there), or an upper-case letter with a delimiter and the
+# option text, "(B) 12" / "B. 12" / "B) 12" / "B: 12". The delimiter is required so that
+# "A cat" is not read as option A.
+_PRED_LETTER_BARE = re.compile(r"\(?([A-Ea-e])\)?[.:)]?")
+_PRED_LETTER_TEXT = re.compile(r"(?:\(([A-E])\)|([A-E])[.:)])\s.*", re.DOTALL)
+_MATHY = re.compile(r"[0-9\\]")
+_MATH_TIMEOUT_S = 5
+
+
+def extract_answer(response: str) -> str | None:
+    """The stripped content of the last complete ``<answer>…</answer>`` pair, or None."""
+    found = _ANSWER.findall(response)
+    return found[-1].strip() if found else None
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, strip sentence punctuation at the ends, drop articles, collapse spaces."""
+    text = text.lower().strip(_END_CHARS)
+    text = _ARTICLES.sub(" ", text)
+    return _SPACES.sub(" ", text).strip(_END_CHARS)
+
+
+def option_letter(text: str, ground_truth: bool = False) -> str | None:
+    """The option letter A–E that ``text`` names, or None (see the module docstring, rule 2)."""
+    text = text.strip()
+    if ground_truth:
+        m = _GT_LETTER.fullmatch(text)
+    else:
+        m = _PRED_LETTER_BARE.fullmatch(text) or _PRED_LETTER_TEXT.fullmatch(text)
+    if m is None:
+        return None
+    return next(g for g in m.groups() if g is not None).upper()
+
+
+def _strip_math_delimiters(text: str) -> str:
+    text = text.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
+            return text[len(left): -len(right)].strip()
+    return text
+
+
+def math_equal(ground_truth: str, prediction: str) -> bool:
+    """``math_verify.verify(parse(gt), parse(pred))`` with each side parsed as one whole LaTeX
+    expression; False when either side does not parse."""
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    # math_verify's timeouts use SIGALRM, which only works in the main thread; elsewhere
+    # (e.g. a threaded Ray actor) they must be off or every call raises.
+    timeout = _MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    config = [LatexExtractionConfig(boxed_match_priority=0)]
+
+    def whole(text: str) -> list[Any]:
+        return list(parse("\\boxed{" + _strip_math_delimiters(text) + "}", extraction_config=config,
+                          fallback_mode="no_fallback", parsing_timeout=timeout))
+
+    gold, pred = whole(ground_truth), whole(prediction)
+    if not gold or not pred:
+        return False
+    return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def accuracy_reward(response: str, row: Mapping[str, Any]) -> float:
+    """1.0 if the last ``<answer>`` of ``response`` matches ``row["answer"]``, else 0.0.
+
+    The rules are in the module docstring (§7; strict, per the guidance at the top of
+    algorithms.md). A missing ``answer`` field raises KeyError, which the reward manager counts
+    as an error.
+    """
+    pred = extract_answer(response)
+    gt = str(row["answer"]).strip()
+    if not pred or not gt:
+        return 0.0
+    if pred == gt:
+        return 1.0
+    norm_gt, norm_pred = normalize_text(gt), normalize_text(pred)
+    if norm_gt and norm_gt == norm_pred:
+        return 1.0
+    gt_letter = option_letter(gt, ground_truth=True)
+    if gt_letter is not None:
+        return 1.0 if option_letter(pred) == gt_letter else 0.0
+    if _MATHY.search(gt) and math_equal(gt, pred):
+        return 1.0
+    return 0.0
