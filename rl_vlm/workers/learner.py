@@ -156,9 +156,10 @@ class Learner:
                 "lr": c.lr, "betas": list(c.betas), "weight_decay": c.weight_decay, "eps": 1e-8,
                 # No fused CUDA Adam on CPU; DeepSpeed's CPU Adam needs a compiled op.
                 "torch_adam": self.device_kind == "cpu"}},
+            # WarmupLR rejects 0 warm-up steps; 1 step at lr/1 is the same as none.
             "scheduler": {"type": "WarmupLR", "params": {
-                "warmup_min_lr": 0.0, "warmup_max_lr": c.lr, "warmup_num_steps": c.warmup_steps,
-                "warmup_type": "linear"}},
+                "warmup_min_lr": 0.0 if c.warmup_steps else c.lr, "warmup_max_lr": c.lr,
+                "warmup_num_steps": max(c.warmup_steps, 1), "warmup_type": "linear"}},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
