@@ -1,0 +1,98 @@
+"""One rollout engine: a vLLM ``LLM`` that samples responses and reloads weights in place.
+
+A plain class; :mod:`rl_vlm.cluster` wraps it in a Ray actor. The engine runs in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the actor owns it directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rl_vlm.batch import Prompt
+from rl_vlm.config import RolloutConfig
+
+
+@dataclass
+class SampleOut:
+    """One sampled response."""
+
+    prompt_ids: list[int]
+    """Prompt token ids as the engine saw them (image pads expanded)."""
+    response_ids: list[int]
+    logprobs: list[float]
+    """The engine's log-prob of each sampled token (same length as ``response_ids``)."""
+    text: str
+    truncated: bool
+    """Stopped by ``max_new_tokens`` rather than EOS."""
+
+
+class RolloutEngine:
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, device: str,
+                 max_model_len: int = 2048) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if device == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {}
+        if device == "gpu":
+            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, dtype="bfloat16",
+                          tensor_parallel_size=cfg.tensor_parallel_size)
+        else:
+            # fp32 like the CPU learner, so engine and learner log-probs agree closely.
+            kwargs.update(dtype="float32")
+        self.cfg = cfg
+        self.llm = LLM(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager, max_model_len=max_model_len,
+                       limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.workers.vllm_ext.WeightUpdateExtension",
+                       **kwargs)
+        self.weight_version = 0
+
+    @staticmethod
+    def _request(p: Prompt) -> dict[str, Any]:
+        return {"prompt": p.prompt_text, "multi_modal_data": {"image": list(p.images)}}
+
+    def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int | None) -> list[SampleOut]:
+        """``n`` samples of every prompt, group-major. A fixed ``seed`` gives the same tokens."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
+                                 seed=None if seed is None else seed * 1009 + i)
+                  for i in range(len(prompts))]
+        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
+        samples: list[SampleOut] = []
+        for out in outs:
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], ids)]
+                samples.append(SampleOut(list(out.prompt_token_ids), ids, lps, c.text, c.finish_reason == "length"))
+        return samples
+
+    def update_weights(self, buckets: list[list[tuple[str, torch.Tensor]]], version: int) -> int:
+        """Load full (unsharded) HF-named parameters into the live engine; returns the new version."""
+        self.llm.collective_rpc("rl_vlm_reload", args=(buckets,))
+        # Cached prefixes, processed images and encoder outputs were computed by the old weights.
+        self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.weight_version = version
+        return version
+
+    def prompt_logprobs(self, prompt: Prompt, response_ids: list[int]) -> list[float]:
+        """The engine's log-prob of each of ``response_ids`` after ``prompt`` (teacher-forced)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        # Token prompts carry one <|image_pad|> per image; the engine expands it itself.
+        unexpanded = self.llm.get_tokenizer()(prompt.prompt_text, add_special_tokens=False).input_ids
+        req = TokensPrompt(prompt_token_ids=unexpanded + list(response_ids),
+                           multi_modal_data={"image": list(prompt.images)})
+        out = self.llm.generate([req], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+        n_prompt = len(out.prompt_token_ids) - len(response_ids)
+        if list(out.prompt_token_ids[n_prompt:]) != list(response_ids):
+            raise RuntimeError("the engine changed the response tokens of a teacher-forced prompt")
+        tail = out.prompt_logprobs[n_prompt:]
+        return [float(d[t].logprob) for d, t in zip(tail, response_ids)]
