@@ -17,3 +17,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rl_vlm.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model after the default supervised warm start (what `rl-vlm setup-cpu-demo` builds):
+    it follows the answer format but is far from perfect, so GRPO has a learning signal."""
+    from rl_vlm.models.tiny import build_and_warm_start
+
+    return build_and_warm_start(tmp_path_factory.mktemp("warm-model"), seed=0)

@@ -38,13 +38,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_grpo_runs_end_to_end(tiny_model_dir: Path, small_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path], tmp_path: Path) -> None:
     train_file, test_file = small_data
     run_dir = tmp_path / "run"
     steps = 3
     cfg = compose([
-        f"model.path={tiny_model_dir}", f"data.train_files=[{train_file}]", f"data.val_files=[{test_file}]",
-        "data.rollout_batch_size=4", "data.val_size=8", "rollout.n=4", "rollout.max_new_tokens=16",
+        f"model.path={warm_model_dir}", f"data.train_files=[{train_file}]", f"data.val_files=[{test_file}]",
+        "data.rollout_batch_size=4", "data.val_size=8", "rollout.n=4", "rollout.max_new_tokens=32",
         "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.micro_batch_size=2", "learner.lr=1e-3",
         f"trainer.total_steps={steps}", "trainer.val_every=3", f"trainer.output_dir={run_dir}",
         "trainer.progress_bar=false", "trainer.save_final_model=true",
@@ -71,10 +71,10 @@ def test_grpo_runs_end_to_end(tiny_model_dir: Path, small_data: tuple[Path, Path
     for s in range(2, steps + 1):
         assert by_step[s]["rollout/logprob_max_diff"] < SYNC_TOL, by_step[s]["rollout/logprob_max_diff"]
 
-    before, after = _weights(tiny_model_dir), _weights(run_dir / "final")
+    before, after = _weights(warm_model_dir), _weights(run_dir / "final")
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert len(changed) > 0.5 * len(before), f"only {len(changed)}/{len(before)} tensors changed"
     import yaml
 
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert resolved["learner"]["lr"] == 1e-3 and resolved["model"]["path"] == str(tiny_model_dir)
+    assert resolved["learner"]["lr"] == 1e-3 and resolved["model"]["path"] == str(warm_model_dir)
