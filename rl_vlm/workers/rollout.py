@@ -46,7 +46,10 @@ class RolloutEngine:
             # fp32 like the CPU learner, so engine and learner log-probs agree closely.
             kwargs.update(dtype="float32")
         self.cfg = cfg
+        # No chunked prefill: vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset")
+        # when a request with its own seed is split across scheduler steps.
         self.llm = LLM(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager, max_model_len=max_model_len,
+                       enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len),
                        limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.workers.vllm_ext.WeightUpdateExtension",
                        **kwargs)
         self.weight_version = 0
