@@ -75,7 +75,9 @@ def build_system(cfg: Config) -> System:
     train = RowDataset(d.train_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
     val = RowDataset(d.val_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
     sampler = PromptSampler(train, d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle)
-    val_prompts = PromptSampler(val, 1, seed=0, shuffle=False).first(d.val_size)
+    # A fixed, seeded random subset: files such as easy-VQA list ~10 questions per image in a
+    # row, so the first N rows would cover only N/10 images.
+    val_prompts = PromptSampler(val, min(d.val_size, len(val)), seed=0, shuffle=True).next_batch()
     device = resolve_device(cfg.cluster.device)
     layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
     start_ray(cfg, layout)
@@ -92,6 +94,11 @@ def run_validation(sys_: System) -> dict[str, float]:
     scored = sys_.rewards.score(batch.response_texts, rows)
     acc = scored.sub_scores[sys_.cfg.reward.accuracy_key].view(-1, batch.group_size)
     out = {"val/reward": scored.overall.mean().item(), "val/accuracy": acc.mean().item()}
+    tasks = [str(p.row["task"]) for p in batch.prompts if "task" in p.row]
+    if len(tasks) == len(batch.prompts):  # mixed-task data: accuracy per task as well
+        for task in sorted(set(tasks)):
+            sel = torch.tensor([t == task for t in tasks])
+            out[f"val/accuracy/{task}"] = acc[sel].mean().item()
     correct = (acc > 0.5).sum(dim=1).tolist()
     for k in range(2, batch.group_size + 1):
         out[f"val/pass@{k}"] = sum(pass_at_k(batch.group_size, c, k) for c in correct) / len(correct)
