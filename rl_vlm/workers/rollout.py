@@ -53,6 +53,12 @@ class RolloutEngine:
                        limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.workers.vllm_ext.WeightUpdateExtension",
                        **kwargs)
         self.weight_version = 0
+        # A sampled vision placeholder would make the learner's image-feature count disagree with
+        # the image tokens in the sequence; such tokens are never valid output, so ban them.
+        tok = self.llm.get_tokenizer()
+        banned = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+        ids = [tok.convert_tokens_to_ids(t) for t in banned]
+        self.logit_bias = {i: -100.0 for i in ids if isinstance(i, int) and i != tok.unk_token_id}
 
     @staticmethod
     def _request(p: Prompt) -> dict[str, Any]:
@@ -64,6 +70,7 @@ class RolloutEngine:
         from vllm import SamplingParams
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
+                                 logit_bias=self.logit_bias,
                                  seed=None if seed is None else seed * 1009 + i)
                   for i in range(len(prompts))]
         outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)

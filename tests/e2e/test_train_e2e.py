@@ -47,7 +47,9 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
         "data.rollout_batch_size=4", "data.val_size=8", "rollout.n=4", "rollout.max_new_tokens=32",
         "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.micro_batch_size=2", "learner.lr=1e-3",
         f"trainer.total_steps={steps}", "trainer.val_every=3", f"trainer.output_dir={run_dir}",
-        "trainer.progress_bar=false", "trainer.save_final_model=true",
+        "trainer.progress_bar=false", "trainer.save_final_model=true", "trainer.wandb_mode=offline",
+        # Exercise the frozen-reference path (a second ZeRO-3 engine) and the k3 KL term.
+        "algorithm.kl_coef=0.01",
     ])
     train(cfg)
 
@@ -64,12 +66,17 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
                     "time/update_s", "time/sync_s", "perf/tokens_per_s"):
             assert key in r, key
         assert r["actor/grad_norm"] > 0
+        assert r["actor/kl"] >= 0
         # 2 mini-batches per step -> 2 optimizer steps; lr is constant (no warm-up).
         assert r["actor/lr"] == pytest.approx(1e-3)
     # Rollouts of step s >= 2 were sampled by engines holding the weights synced after step s-1,
     # and the learner computed its old log-probs with those same weights: they must agree.
     for s in range(2, steps + 1):
         assert by_step[s]["rollout/logprob_max_diff"] < SYNC_TOL, by_step[s]["rollout/logprob_max_diff"]
+
+    # Step 1's first mini-batch is computed before any update: policy == reference, KL == 0.
+    assert by_step[3]["actor/kl"] > 0
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run missing"
 
     before, after = _weights(warm_model_dir), _weights(run_dir / "final")
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
