@@ -83,6 +83,9 @@ def convert_easy_vqa(out_dir: str | Path, max_train: int | None = None,
     4,000 and 1,000 images). Idempotent: re-running skips images already copied and leaves an
     unchanged JSONL untouched.
 
+    Also writes ``<split>_<task>.jsonl`` (task = yes_no, shape, color) beside them, the same rows
+    split by question type, for single-task runs and curricula.
+
     Returns:
         (train.jsonl path, test.jsonl path).
     """
@@ -91,4 +94,21 @@ def convert_easy_vqa(out_dir: str | Path, max_train: int | None = None,
             raise ValueError(f"{name} must be >= 0 or None, got {limit}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return _write_split(out, "train", max_train), _write_split(out, "test", max_test)
+    paths = _write_split(out, "train", max_train), _write_split(out, "test", max_test)
+    for path in paths:
+        _split_by_task(path)
+    return paths
+
+
+def _split_by_task(path: Path) -> None:
+    by_task: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            by_task.setdefault(json.loads(line)["task"], []).append(line)
+    for task, lines in by_task.items():
+        target = path.with_name(f"{path.stem}_{task}.jsonl")
+        text = "".join(lines)
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            tmp = target.with_suffix(".jsonl.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
