@@ -42,15 +42,21 @@ def _copy_if_needed(src: str, dst: Path) -> None:
     os.replace(tmp, dst)  # an interrupted copy never leaves a truncated PNG under the final name
 
 
-def _write_split(out: Path, split: Literal["train", "test"], limit: int | None) -> Path:
+def package_split(split: Literal["train", "test"]) -> tuple[list[str], list[str], list[int], dict[int, str]]:
+    """(questions, answers, image ids, {image id: png path}) of a split of the easy-vqa package."""
     import easy_vqa
 
     if split == "train":
         questions, answers, image_ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        questions, answers, image_ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+        return questions, answers, image_ids, easy_vqa.get_train_image_paths()
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    return questions, answers, image_ids, easy_vqa.get_test_image_paths()
+
+
+def _write_split(out: Path, split: Literal["train", "test"], limit: int | None) -> Path:
+    import easy_vqa
+
+    questions, answers, image_ids, paths = package_split(split)
     known = set(easy_vqa.get_answers())
     n = len(questions) if limit is None else min(limit, len(questions))
     img_dir = out / "images" / split

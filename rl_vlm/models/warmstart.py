@@ -11,29 +11,17 @@ from typing import Any
 
 import torch
 
+from rl_vlm.data.easy_vqa import package_split, question_task
 from rl_vlm.data.prompt import render_prompt, sft_target
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def _question_type(answer: str) -> str:
-    if answer in ("yes", "no"):
-        return "yes_no"
-    return "shape" if answer in ("circle", "rectangle", "triangle") else "color"
-
-
 def _examples(split: str, tasks: tuple[str, ...] = ("yes_no", "shape", "color")
               ) -> tuple[list[str], list[str], list[str]]:
     """(questions, answers, image paths) of an easy-VQA split, restricted to question ``tasks``."""
-    import easy_vqa
-
-    if split == "train":
-        q, a, ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        q, a, ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
-    keep = [i for i in range(len(q)) if _question_type(a[i]) in tasks]
+    q, a, ids, paths = package_split(split)  # type: ignore[arg-type]
+    keep = [i for i in range(len(q)) if question_task(a[i]) in tasks]
     return [q[i] for i in keep], [a[i] for i in keep], [paths[ids[i]] for i in keep]
 
 
@@ -77,7 +65,7 @@ def warm_start(model_dir: str | Path, steps: int, batch_size: int = 32, lr: floa
     # answers a constant per type and RL has nothing to amplify).
     by_type: dict[str, list[int]] = {}
     for i, a in enumerate(answers):
-        by_type.setdefault(_question_type(a), []).append(i)
+        by_type.setdefault(question_task(a), []).append(i)
     pools = [[pool[j] for j in torch.randperm(len(pool), generator=gen).tolist()] for _, pool in sorted(by_type.items())]
     order = [pools[k % len(pools)][(k // len(pools)) % len(pools[k % len(pools)])] for k in range(steps * batch_size)]
     eos = processor.tokenizer.eos_token
@@ -130,7 +118,7 @@ def evaluate_greedy(model_dir: str | Path, n: int = 200, image_size: int = 112, 
             m = ANSWER_RE.search(text)
             formatted += bool(re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", text, re.DOTALL))
             ok = float(m is not None and m.group(1).strip().lower() == answers[i])
-            hits.setdefault(_question_type(answers[i]), []).append(ok)
+            hits.setdefault(question_task(answers[i]), []).append(ok)
     model.train()
     all_hits = [h for v in hits.values() for h in v]
     res = {"n": float(n), "format_rate": formatted / n, "accuracy": sum(all_hits) / len(all_hits)}
