@@ -5,6 +5,7 @@
     rl-vlm prepare-data [--out DIR]
     rl-vlm train [hydra overrides...]      # e.g. rl-vlm train experiment=grpo_tiny_cpu learner.lr=1e-4
     rl-vlm train -m learner.lr=1e-4,3e-4   # Hydra multirun
+    rl-vlm eval model.path=runs/x/final rollout.val_n=8 rollout.val_temperature=1.0   # pass@k
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ DEFAULT_DATA_DIR = "artifacts/easy_vqa"
 DEFAULT_WARM_START_STEPS = -1  # -1: the builder's own default
 
 
-def _train(argv: list[str]) -> int:
+def _train(argv: list[str], mode: str = "train") -> int:
     import hydra
     from omegaconf import DictConfig
 
@@ -29,7 +30,7 @@ def _train(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def run(raw: DictConfig) -> float | None:
-        from rl_vlm.controller import train
+        from rl_vlm.controller import evaluate, train
 
         try:
             cfg = validate(from_omegaconf(raw))
@@ -37,6 +38,12 @@ def _train(argv: list[str]) -> int:
             # One clear line instead of a traceback: the message names the key.
             print(f"config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        if mode == "eval":
+            import json
+
+            metrics = evaluate(cfg)
+            print(json.dumps(metrics, indent=2))
+            return metrics.get("val/accuracy")
         run_dir = train(cfg)
         from rl_vlm.tracking import read_metrics
 
@@ -51,12 +58,13 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if argv and argv[0] == "train":
-        return _train(argv[1:])
+    if argv and argv[0] in ("train", "eval"):
+        return _train(argv[1:], mode=argv[0])
     parser = argparse.ArgumentParser(prog="rl-vlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("train", help="train from the Hydra config tree (overrides follow)")
+    sub.add_parser("eval", help="score model.path on data.val_files with pass@k (Hydra overrides follow)")
     b = sub.add_parser("build-tiny-model", help="build the tiny random-weight Qwen2.5-VL (+ warm start)")
     b.add_argument("--out", default=DEFAULT_MODEL_DIR)
     b.add_argument("--seed", type=int, default=0)

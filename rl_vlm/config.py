@@ -294,6 +294,8 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
     _require(r.num_engines >= 1, "rollout.num_engines", "must be >= 1")
     _require(r.val_n >= 1, "rollout.val_n", "must be >= 1")
+    _require(r.val_n == 1 or r.val_temperature > 0, "rollout.val_temperature",
+             f"rollout.val_n={r.val_n} samples need val_temperature > 0 (greedy samples are identical)")
     _require(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
     _require(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0..3, got {l.zero_stage}")
     _require(l.lr > 0, "learner.lr", "must be positive")

@@ -63,8 +63,9 @@ class System:
     rewards: RewardManager
 
 
-def build_system(cfg: Config) -> System:
-    """Load data, start Ray, place the pools and start every actor (config already validated)."""
+def build_system(cfg: Config, with_learners: bool = True) -> System:
+    """Load data, start Ray, place the pools and start every actor (config already validated).
+    ``with_learners=False`` starts only the rollout pool (evaluation)."""
     from transformers import AutoProcessor
 
     from rl_vlm.cluster import LearnerGroup, RolloutGroup, pool_layout, start_ray
@@ -82,7 +83,7 @@ def build_system(cfg: Config) -> System:
     layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
     start_ray(cfg, layout)
     rollout = RolloutGroup(cfg, layout, device)
-    learners = LearnerGroup(cfg, layout, device)
+    learners = LearnerGroup(cfg, layout, device) if with_learners else None
     return System(cfg, sampler, val_prompts, rollout, learners, RewardManager(cfg.reward))
 
 
@@ -182,6 +183,24 @@ def train(cfg: Config) -> str:
         tracker.close()
         _shutdown()
     return run_dir
+
+
+def evaluate(cfg: Config) -> dict[str, float]:
+    """Score ``model.path`` on ``data.val_files`` (``data.val_size`` rows, ``rollout.val_n``
+    samples each at ``rollout.val_temperature``): reward, accuracy and pass@k. Writes
+    ``<output_dir>/eval.json``."""
+    import json
+
+    validate(cfg)
+    sys_ = build_system(cfg, with_learners=False)
+    try:
+        metrics = run_validation(sys_)
+    finally:
+        _shutdown()
+    os.makedirs(cfg.trainer.output_dir, exist_ok=True)
+    with open(os.path.join(cfg.trainer.output_dir, "eval.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": cfg.model.path, "val_files": list(cfg.data.val_files), **metrics}, f, indent=2)
+    return metrics
 
 
 def _write_resolved_config(cfg: Config, run_dir: str) -> None:

@@ -75,6 +75,7 @@ def test_wrong_type_and_bad_choice_are_named() -> None:
     (["learner.mini_batch_size=5"], "learner.mini_batch_size"),
     (["learner.micro_batch_size=3"], "learner.micro_batch_size"),
     (["rollout.n=1"], "rollout.n"),
+    (["rollout.val_n=4"], "rollout.val_temperature"),
     (["learner.num_ranks=3"], "learner.num_ranks"),
     (["cluster.num_cpus=2"], "cluster.num_cpus"),
     (["model.attn_implementation=flash_attention_2", "cluster.device=cpu"], "model.attn_implementation"),
