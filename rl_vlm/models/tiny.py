@@ -105,7 +105,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def build_and_warm_start(out_dir: str | Path, seed: int = 0, warm_start_steps: int = 200) -> Path:
+def build_and_warm_start(out_dir: str | Path, seed: int = 0, warm_start_steps: int = 300) -> Path:
     """:func:`build_tiny_model`, then a short supervised pass so the policy follows the format."""
     from rl_vlm.models.warmstart import warm_start
 

@@ -1,10 +1,10 @@
-"""GRPO learns through the real Ray + vLLM + DeepSpeed stack: from a fixed seed, the held-out
-reward of a rewarded behaviour rises far above the starting policy's within a few steps.
+"""GRPO learns through the real Ray + vLLM + DeepSpeed stack, from a fixed seed.
 
-The target is a user reward function loaded from a file ("a well-formed response whose answer
-is `red`"), which also exercises
-the ``file.py:fn`` reward path. The starting policy answers `red` only where it believes the
-shape is red (~10% of colour questions); the test asserts the held-out rate rises by >= 0.4.
+1. A rewarded behaviour: a user reward function loaded from a file (a well-formed response whose
+   answer is `red`; this also exercises the ``file.py:fn`` reward path). Its held-out rate rises
+   by >= 0.4 within 15 steps.
+2. The issue's learning test: held-out easy-VQA colour accuracy rises over the warm-started
+   policy by >= 8 points in 100 steps.
 """
 
 from __future__ import annotations
@@ -49,3 +49,25 @@ def test_grpo_raises_heldout_reward(warm_model_dir: Path, tmp_path: Path) -> Non
     val = {r["step"]: r["val/reward"] for r in read_metrics(str(run_dir)) if "val/reward" in r}
     print(f"held-out reward: {val}")
     assert val[steps] - val[0] >= MARGIN, val
+
+
+ACCURACY_MARGIN = 0.08  # measured +0.21 here (0.555 -> 0.766); +0.11 from a 2-thread warm start
+
+
+def test_grpo_raises_heldout_easy_vqa_accuracy(warm_model_dir: Path, tmp_path: Path) -> None:
+    """The issue's learning test: held-out easy-VQA colour accuracy (greedy, 256 questions)
+    rises over the warm-started policy by at least ACCURACY_MARGIN in 100 GRPO steps."""
+    from rl_vlm.data.easy_vqa import convert_easy_vqa
+
+    data = tmp_path / "easy_vqa"
+    convert_easy_vqa(data)
+    run_dir = tmp_path / "run"
+    cfg = compose([
+        "experiment=grpo_easy_vqa_learning", f"model.path={warm_model_dir}",
+        f"data.train_files=[{data / 'train_color.jsonl'}]", f"data.val_files=[{data / 'test_color.jsonl'}]",
+        f"trainer.output_dir={run_dir}", "trainer.progress_bar=false",
+    ])
+    train(cfg)
+    val = {r["step"]: r["val/accuracy"] for r in read_metrics(str(run_dir)) if "val/accuracy" in r}
+    print(f"held-out colour accuracy: {val}")
+    assert val[cfg.trainer.total_steps] - val[0] >= ACCURACY_MARGIN, val
