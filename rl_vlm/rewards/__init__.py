@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 from rl_vlm.rewards.accuracy import accuracy_reward
 from rl_vlm.rewards.format import format_reward
+from rl_vlm.rewards.grounding import iou_reward
 
 RewardFn = Callable[..., "float | dict[str, float]"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 REWARDS: dict[str, RewardFn] = {
     "format": format_reward,
     "accuracy": accuracy_reward,
+    "iou": iou_reward,
 }
 """Registered reward functions by name (the ``name`` field of a reward config entry)."""
 
