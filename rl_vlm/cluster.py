@@ -64,9 +64,9 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
     if cfg.cluster.address == "local":
         cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
         ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+                 log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level="WARNING")
     else:
-        ray.init(address=cfg.cluster.address, runtime_env=runtime_env)
+        ray.init(address=cfg.cluster.address, runtime_env=runtime_env, log_to_driver=cfg.cluster.log_to_driver)
 
 
 def _placement_group(bundles: list[dict[str, float]], name: str) -> Any:

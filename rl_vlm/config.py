@@ -155,6 +155,10 @@ class ClusterConfig:
     gpus_per_node: int = 8
     """GPU layout only: used to check that the pools fit."""
     num_nodes: int = 1
+    log_to_driver: bool = False
+    """Stream every actor's stdout/stderr (vLLM and DeepSpeed logs) to the driver's console. Off,
+    they go to Ray's session logs (``/tmp/ray/session_latest/logs``); actor errors are raised
+    in the driver either way."""
 
 
 @dataclass(frozen=True)
