@@ -102,9 +102,111 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
+class PapoConfig:
+    """PAPO, algorithms.md §2 (defaults: the authors' PAPO-G 7B script, §2.4)."""
+
+    gamma: float = 0.02
+    """γ of the implicit perception loss −γ·KL_prcp (``kl_prcp_coef``)."""
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
+    """Estimator of KL_prcp(π_θ(·|I) ‖ π(·|I_mask)); k3 = ``low_var_kl`` as in the code."""
+    entropy_ori: float = 0.05
+    """η_ori: coefficient of the original-image entropy term +η·mean(−ℓ) (0 = off)."""
+    entropy_aug: float = 0.05
+    """η_aug: coefficient of the masked-image entropy term +η·mean(−a) (no gradient unless
+    ``recompute_with_grad``)."""
+    mask_prob: float = 0.6
+    """Probability that a 14-px tile of the raw image is blacked out (one mask per prompt)."""
+    patch_size: int = 14
+    recompute_with_grad: bool = False
+    """The paper's reading: recompute the masked-image log-probs in every update micro-batch
+    WITH gradient (``RECOMPUTE_AUG_LOG_PROBS=True``); False = the code's frozen θ_old values."""
+    kl_clip: float = 0.0
+    """> 0: clamp KL_prcp to [0, kl_clip] (``use_kl_prcp_clipping``, 0.2 in the code)."""
+    token_mask_quantile: float = 0.0
+    """> 0: keep only tokens whose KL_prcp ≥ the per-sequence (1 − q)-quantile
+    (``use_kl_prcp_token_level_mask``, q = 0.2 in the code)."""
+    schedule: Literal["fixed", "annealing"] = "fixed"
+    """``annealing``: γ goes linearly from ``gamma_start`` to ``gamma_end`` over
+    ``annealing_ratio`` of the run; the entropy terms are scaled by γ_t/γ."""
+    gamma_start: float = 0.02
+    gamma_end: float = 0.0
+    annealing_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class VppoConfig:
+    """VPPO, algorithms.md §3 (defaults: ``train_vppo_7b.sh``, §3.4)."""
+
+    mask_prob: float = 0.5
+    """Tile blackening probability, a new mask per response, after resizing (§3.2)."""
+    patch_size: int = 14
+    dependency: Literal["sampled_k3", "full_kl"] = "sampled_k3"
+    """Token visual dependency: the code's k3 on the sampled token (clamped to [0, 10]) or the
+    paper's full-distribution KL(P ‖ P')."""
+    advantage_shaping: bool = True
+    """Trajectory-level advantage shaping (TAS, mean-preserving)."""
+    beta_min: float = 0.9
+    token_filtering: bool = True
+    """Token-level gradient filtering (TGF): only the top ``top_p_tokens`` of each response's
+    tokens by dependency get policy gradient; the denominator keeps all valid tokens."""
+    top_p_tokens: float = 0.4
+    entropy_penalty: float = 0.06
+    """c_H of the entropy penalty +c_H·mean(−ℓ) (0 = off)."""
+    stats_scope: Literal["micro_batch", "global"] = "micro_batch"
+    """``micro_batch``: the code's statistics (min/max over each rank's mini-batch, the mean over
+    each micro-batch), so results depend on learner.micro_batch_size and num_ranks; ``global``:
+    min/max and mean over the whole mini-batch on all ranks."""
+
+
+@dataclass(frozen=True)
+class CareConfig:
+    """GRPO-CARE, algorithms.md §4 (defaults: ``run_grpo_care_margin0*`` scripts, §4.3)."""
+
+    ema_decay: float = 0.995
+    ema_update_every: int = 10
+    """The EMA reference is updated after every N-th optimizer step."""
+    bonus_coef: float = 0.5
+    """λ of the consistency bonus λ·acc·1[i ∈ H ∩ C]."""
+    confidence_upper_bound: float = 0.95
+    margin: float = 0.0
+    """c_i ≥ c̄ − margin counts as consistent (0.01 for video benchmarks)."""
+    accuracy_threshold: float = 0.1
+    """The high-accuracy set needs acc > this (and ≥ the group mean)."""
+    group_scope: Literal["group", "device"] = "group"
+    """``group``: H, c̄ and C per prompt group (principled); ``device``: over each rank's whole
+    batch as the code does (equal at one prompt per device)."""
+
+
+@dataclass(frozen=True)
+class VogueConfig:
+    """VOGUE / DUPL, algorithms.md §5 (defaults: the released code, §5.3)."""
+
+    mode: Literal["code", "paper"] = "code"
+    """``code``: raw-image rollouts only, the noisy image only shapes their advantages, one
+    branch draw per step; ``paper``: separate noisy-branch rollouts and a per-sample branch
+    choice (Algorithm 1)."""
+    noise_std: float = 0.2
+    """σ of the Gaussian pixel noise (the paper reports 0.4)."""
+    augmentation_strength: float = 1.0
+    rotation_degrees: float = 10.0
+    alpha_p: float = 1.0
+    """Weight of the perceptual-uncertainty bonus (``kl_penalty_weight``)."""
+    beta_p: float = 2.0
+    """Its cap |A|/β_p (hard-coded 2 in the code)."""
+    entropy_shaping: bool = True
+    alpha_o: float = 0.4
+    beta_o: float = 2.0
+    """Output-uncertainty bonus min(α_o·H, |A|/β_o)."""
+    schedule: Literal["adaptive", "fixed"] = "adaptive"
+    """``adaptive``: branch probability 1 − step/total; ``fixed``: ``fixed_prob``."""
+    fixed_prob: float = 0.5
+
+
+@dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = "grpo"
-    """Registered algorithm (see :mod:`rl_vlm.algorithms`)."""
+    """Registered algorithm (see :mod:`rl_vlm.algorithms`), or several joined by ``+`` to compose
+    them (e.g. ``papo+vppo``); the README lists the valid combinations."""
     norm_adv_by_std: bool = True
     """Divide group-centred rewards by the group std (False = Dr. GRPO)."""
     adv_eps: float = 1e-6
@@ -121,6 +223,10 @@ class AlgorithmConfig:
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
     entropy_coef: float = 0.0
     """Coefficient of the exact full-vocabulary entropy bonus (``loss -= coef * H``)."""
+    papo: PapoConfig = field(default_factory=PapoConfig)
+    vppo: VppoConfig = field(default_factory=VppoConfig)
+    care: CareConfig = field(default_factory=CareConfig)
+    vogue: VogueConfig = field(default_factory=VogueConfig)
 
 
 @dataclass(frozen=True)

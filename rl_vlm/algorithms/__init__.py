@@ -2,11 +2,20 @@
 
 Importing this package needs torch only (no Ray, vLLM or DeepSpeed), so the math is tested in
 milliseconds. A variant is one module with one subclass, added to :data:`ALGORITHMS` by name.
+Variants compose (``algorithm.name=papo+vppo``) where :data:`COMPATIBLE` allows it.
 """
 
 from __future__ import annotations
 
-from rl_vlm.algorithms.base import Algorithm, LossInputs, LossOutput, LossTerm, RolloutScores, ViewSpec
+from rl_vlm.algorithms.base import (
+    Algorithm,
+    EmaSpec,
+    LossInputs,
+    LossOutput,
+    LossTerm,
+    RolloutScores,
+    ViewSpec,
+)
 from rl_vlm.config import AlgorithmConfig
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -14,15 +23,54 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 """``algorithm.name`` -> class. Each class is constructed from the AlgorithmConfig alone."""
 
+COMPATIBLE: dict[frozenset[str], str] = {}
+"""Pairs of variants that may be composed, with the reason the math allows it. Pairs not
+listed are rejected at config time (e.g. VPPO + VOGUE: both rescale the same advantages with
+statistics of the other's input, so the result would depend on an arbitrary order)."""
+
+
+def _register_variants() -> None:
+    # Imported here (not at module top) so that each variant module can import this package.
+    from rl_vlm.algorithms import care, papo, vogue, vppo  # noqa: F401
+
+
+def parse_name(name: str) -> list[str]:
+    """``"papo+vppo"`` -> ``["papo", "vppo"]`` (``grpo`` is the base and may be omitted)."""
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    variants = [p for p in parts if p != "grpo"]
+    return variants or ["grpo"]
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The class for ``algorithm.name``: a registered name or a valid ``+`` composition."""
+    if len(ALGORITHMS) == 1:
+        try:
+            _register_variants()
+        except ImportError:  # a variant module not written yet; the registry lists what exists
+            pass
+    parts = parse_name(name)
+    unknown = [p for p in parts if p not in ALGORITHMS]
+    if unknown:
+        raise ValueError(f"unknown algorithm.name {unknown[0]!r} in {name!r}; valid names: {sorted(ALGORITHMS)} "
+                         "(compose variants with '+', e.g. papo+vppo)")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"algorithm.name {name!r} lists a variant twice")
+    if len(parts) == 1:
+        return ALGORITHMS[parts[0]]
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            if frozenset((a, b)) not in COMPATIBLE:
+                allowed = sorted("+".join(sorted(p)) for p in COMPATIBLE)
+                raise ValueError(f"algorithm.name {name!r}: {a} and {b} cannot be composed; "
+                                 f"valid combinations: {allowed} (see README 'Composing algorithms')")
+    # Cooperative multiple inheritance: each variant's hooks call super(), so the MRO chains them.
+    return type("+".join(parts), tuple(ALGORITHMS[p] for p in parts), {})
+
 
 def build_algorithm(cfg: AlgorithmConfig) -> Algorithm:
     """Instantiate the algorithm named by ``cfg.name``; unknown names list the valid ones."""
-    try:
-        cls = ALGORITHMS[cfg.name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm.name {cfg.name!r}; valid names: {sorted(ALGORITHMS)}") from None
-    return cls(cfg)
+    return algorithm_class(cfg.name)(cfg)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "LossInputs", "LossOutput", "LossTerm", "RolloutScores", "ViewSpec",
-           "build_algorithm"]
+__all__ = ["ALGORITHMS", "COMPATIBLE", "Algorithm", "EmaSpec", "LossInputs", "LossOutput", "LossTerm",
+           "RolloutScores", "ViewSpec", "algorithm_class", "build_algorithm", "parse_name"]

@@ -26,16 +26,41 @@ terms, all aggregated with the configured ``loss_agg`` mode and the mini-batch's
 denominators (see :func:`rl_vlm.algorithms.core.aggregate`).
 
 Extras. Algorithm-specific tensors travel in ``extras`` dicts keyed ``<namespace>/<name>``
-(as in :class:`rl_vlm.batch.SequenceBatch`). Reserved keys filled by the framework:
+(as in :class:`rl_vlm.batch.SequenceBatch`). Two alignments exist:
 
-- ``old_logprobs`` / ``ref_logprobs`` ``[N, T]`` (driver-side hooks only; the loss gets them
-  as :class:`LossInputs` fields): the learner's no-grad log-probs of the step's sequences.
-- ``view/<name>/old_logprobs`` ``[N, T]``: log π_old of the sampled response tokens with view
-  ``<name>``'s images, computed once before the update without grad (like ``old_logprobs``).
-- ``view/<name>/logprobs`` ``[n, T]``: the same under the current policy, recomputed in every
-  micro-batch with grad; present in :class:`LossInputs` only for views with ``with_grad``.
-- ``step`` / ``total_steps`` (int): the current training step (1-based) and the planned total,
-  for scheduled coefficients (PAPO annealing, VOGUE branch probability).
+- driver-side hooks (``score_rollouts``, ``compute_advantages``, ``select_for_update``) see
+  RESPONSE-aligned ``[N, L]`` tensors: position j is response token j, L is the longest
+  response of the step, zero-padded, matching their ``response_mask`` argument;
+- the learner-side hooks (``token_weights``, ``extra_loss_terms``) see INPUT-aligned
+  ``[n, T]`` tensors of one micro-batch, like every :class:`LossInputs` field.
+
+Reserved keys filled by the framework:
+
+- ``old_logprobs`` / ``ref_logprobs`` ``[N, L]`` (driver side only; the loss gets them as
+  :class:`LossInputs` fields): the learner's no-grad log-probs of the step's sequences.
+- ``view/<name>/old_logprobs`` (both sides): log π_old of the sampled response tokens with
+  view ``<name>``'s images, computed once before the update without grad.
+- ``view/<name>/kl`` / ``view/<name>/kl_rev`` ``[N, L]`` (driver side, views with
+  ``full_kl``): exact per-token KL(P ‖ P_view) and KL(P_view ‖ P) between the old policy's
+  full next-token distributions with the sequence's own and the view's images.
+- ``view/<name>/logprobs`` ``[n, T]`` (learner side, views with ``with_grad``): the view's
+  log-probs under the current policy, recomputed in every micro-batch WITH grad.
+- ``ema/logprobs`` ``[N, L]`` (driver side, when :meth:`Algorithm.ema_reference` is set):
+  log-probs of the EMA reference model the learners maintain.
+- ``answer_mask`` ``[N, L]`` (driver side, when :attr:`Algorithm.needs_answer_span`): 1 on
+  the response tokens strictly inside the last ``<answer>…</answer>`` of the response.
+- ``branch`` ``[N]`` long (driver side, when :meth:`Algorithm.rollout_views` is non-empty):
+  0 for sequences sampled on the raw images, k for those sampled on the k-th rollout view.
+- ``micro_batches`` / ``device_mini_batches`` (driver side): lists of lists of global sequence
+  indices, one per update micro-batch / per (rank, mini-batch) — for statistics that the
+  authors' code takes over those units (VPPO §3.1).
+- ``step`` / ``total_steps`` (int, both sides): the current training step (1-based) and the
+  planned total, for scheduled coefficients (PAPO annealing, VOGUE branch probability).
+
+Composition. Variants are cooperative subclasses: every hook a variant overrides calls
+``super()`` and combines the result (views are concatenated, advantages shaped in turn, token
+weights multiplied, loss terms appended). :func:`rl_vlm.algorithms.build_algorithm` composes
+``papo+vppo`` as a class with both as bases, after checking the pair is allowed.
 """
 
 from __future__ import annotations
@@ -83,6 +108,19 @@ class ViewSpec:
     per_response: bool = False
     """Draw a new transform per response (VPPO, §3.2) instead of one per prompt shared by its G
     responses (PAPO, §2.2)."""
+    full_kl: bool = False
+    """Also return the exact per-token KL between the full next-token distributions with the
+    original and the view's images (``view/<name>/kl`` and ``kl_rev``): VPPO's and VOGUE's
+    paper readings. Costs a second no-grad forward on the original images."""
+
+
+@dataclass(frozen=True)
+class EmaSpec:
+    """An EMA copy of the policy kept by the learners (GRPO-CARE §4.1): after every
+    ``update_every``-th optimizer step, φ ← decay·φ + (1 − decay)·θ."""
+
+    decay: float
+    update_every: int
 
 
 @dataclass
@@ -198,10 +236,34 @@ class Algorithm:
         """Whether :attr:`LossInputs.entropy` must carry grad (entropy_coef > 0)."""
         return self.cfg.entropy_coef > 0
 
+    def ema_reference(self) -> EmaSpec | None:
+        """An EMA reference model the learners must keep and score with (``ema/logprobs``)."""
+        return None
+
+    @property
+    def needs_answer_span(self) -> bool:
+        """Whether the driver must provide ``answer_mask`` to the driver-side hooks."""
+        return False
+
     # ------------------------------------------------------------------ hook 1
     def views(self) -> tuple[ViewSpec, ...]:
         """Extra image views to run before/during the update (GRPO: none)."""
         return ()
+
+    def rollout_views(self) -> tuple[ViewSpec, ...]:
+        """Views that get their OWN rollouts (VOGUE's paper mode): every prompt is also sampled
+        G times on each of these views' images, as extra groups after the raw ones (group-major
+        over [raw prompts, view-1 prompts, ...]; ``extras["branch"]`` tells them apart). For
+        those sequences, a view of :meth:`views` with the same name is evaluated on the RAW
+        images, so ``view/<name>/*`` always compares the two branches. GRPO: none."""
+        return ()
+
+    def select_for_update(self, advantages: torch.Tensor, group_size: int,
+                          extras: Mapping[str, Any]) -> torch.Tensor | None:
+        """[N_keep] long indices of the sequences that enter the policy update (VOGUE's
+        per-sample branch choice), or None for all of them (GRPO). N_keep must equal the
+        number of raw-branch sequences so the batch arithmetic is unchanged."""
+        return None
 
     # ------------------------------------------------------------------ hook 2
     def score_rollouts(self, rewards: torch.Tensor, sub_scores: Mapping[str, torch.Tensor], group_size: int,

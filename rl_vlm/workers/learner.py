@@ -13,7 +13,6 @@ the gradient of that sum.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from dataclasses import dataclass, field
