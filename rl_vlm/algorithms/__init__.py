@@ -23,15 +23,32 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 """``algorithm.name`` -> class. Each class is constructed from the AlgorithmConfig alone."""
 
-COMPATIBLE: dict[frozenset[str], str] = {}
+COMPATIBLE: dict[frozenset[str], str] = {
+    frozenset({"papo", "vppo"}): "VPPO reshapes advantages and filters PG tokens; PAPO adds loss terms",
+    frozenset({"papo", "care"}): "CARE changes rewards only; PAPO adds loss terms",
+    frozenset({"vppo", "care"}): "CARE changes rewards only; VPPO acts on advantages and PG tokens",
+    frozenset({"papo", "vogue"}): "VOGUE shapes advantages; PAPO adds loss terms (code mode only)",
+    frozenset({"care", "vogue"}): "CARE changes rewards; VOGUE shapes the advantages computed from them",
+}
 """Pairs of variants that may be composed, with the reason the math allows it. Pairs not
-listed are rejected at config time (e.g. VPPO + VOGUE: both rescale the same advantages with
-statistics of the other's input, so the result would depend on an arbitrary order)."""
+listed are rejected at config time (VPPO + VOGUE: both rescale the same advantages with
+statistics of different image views, so the result would depend on an arbitrary order)."""
+
+_VARIANTS = {"papo": ("rl_vlm.algorithms.papo", "Papo"), "vppo": ("rl_vlm.algorithms.vppo", "Vppo"),
+             "care": ("rl_vlm.algorithms.care", "Care"), "vogue": ("rl_vlm.algorithms.vogue", "Vogue")}
 
 
 def _register_variants() -> None:
-    # Imported here (not at module top) so that each variant module can import this package.
-    from rl_vlm.algorithms import care, papo, vogue, vppo  # noqa: F401
+    # Imported lazily (not at module top) because each variant module imports this package.
+    import importlib
+
+    for name, (module, cls) in _VARIANTS.items():
+        if name not in ALGORITHMS:
+            try:
+                ALGORITHMS[name] = getattr(importlib.import_module(module), cls)
+            except ModuleNotFoundError as e:  # TEMPORARY while the variant modules are written
+                if e.name != module:
+                    raise
 
 
 def parse_name(name: str) -> list[str]:
@@ -43,11 +60,7 @@ def parse_name(name: str) -> list[str]:
 
 def algorithm_class(name: str) -> type[Algorithm]:
     """The class for ``algorithm.name``: a registered name or a valid ``+`` composition."""
-    if len(ALGORITHMS) == 1:
-        try:
-            _register_variants()
-        except ImportError:  # a variant module not written yet; the registry lists what exists
-            pass
+    _register_variants()
     parts = parse_name(name)
     unknown = [p for p in parts if p not in ALGORITHMS]
     if unknown:
