@@ -11,6 +11,7 @@ import torch
 
 from rl_vlm.batch import Prompt, RolloutBatch
 from rl_vlm.config import ClusterConfig, Config, ConfigError, LearnerConfig, RolloutConfig
+from rl_vlm.placement import GpuPlacement, plan_gpus
 
 # Env for every actor process: one thread per process on a small CPU box; vLLM in-process.
 ACTOR_ENV = {
@@ -30,23 +31,28 @@ class PoolLayout:
     learner_bundles: list[dict[str, float]]
     backend: str
     """Collective backend of the learner group: ``gloo`` on CPU, ``nccl`` on GPU."""
+    placement: GpuPlacement | None = None
+    """GPU only: the node / bundle / GPU of every engine's TP group and every learner rank
+    (:func:`rl_vlm.placement.plan_gpus`); None on CPU."""
 
 
 def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: LearnerConfig, device: str) -> PoolLayout:
-    """Bundle lists for the two placement groups; raises ConfigError for layouts that can't fit."""
+    """Bundle lists for the two placement groups; raises ConfigError for layouts that can't fit.
+
+    On GPU, :func:`rl_vlm.placement.plan_gpus` checks the layout node by node (an engine's TP
+    group never straddles nodes) and the bundles are its per-actor bundles in engine / rank order:
+    ``{"GPU": tp}`` per engine, ``{"GPU": 1}`` per rank."""
     if device == "gpu":
-        per_node = cluster.gpus_per_node
-        if rollout.tensor_parallel_size > per_node:
-            raise ConfigError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} exceeds "
-                              f"cluster.gpus_per_node={per_node} (an engine must fit on one node)")
-        need = rollout.num_engines * rollout.tensor_parallel_size + learner.num_ranks
-        if need > per_node * cluster.num_nodes:
-            raise ConfigError(f"cluster.num_nodes: pools need {need} GPUs but "
-                              f"{cluster.num_nodes} x {per_node} are available")
-        rb = [{"GPU": float(rollout.tensor_parallel_size), "CPU": float(cluster.rollout_cpus_per_engine)}
-              for _ in range(rollout.num_engines)]
-        lb = [{"GPU": 1.0, "CPU": float(cluster.learner_cpus_per_rank)} for _ in range(learner.num_ranks)]
-        return PoolLayout(rb, lb, "nccl")
+        plan = plan_gpus(num_nodes=cluster.num_nodes, gpus_per_node=cluster.gpus_per_node,
+                         num_engines=rollout.num_engines, tensor_parallel_size=rollout.tensor_parallel_size,
+                         num_ranks=learner.num_ranks, colocate=cluster.colocate,
+                         rollout_cpus_per_engine=cluster.rollout_cpus_per_engine,
+                         learner_cpus_per_rank=cluster.learner_cpus_per_rank)
+        if plan.colocate:
+            raise ConfigError("cluster.colocate: the actor groups do not place colocated pools yet")
+        rb = [plan.node_bundles[s.node][s.bundles[0]] for s in plan.engines]
+        lb = [plan.node_bundles[s.node][s.bundles[0]] for s in plan.ranks]
+        return PoolLayout(rb, lb, "nccl", plan)
     rb = [{"CPU": float(cluster.rollout_cpus_per_engine)} for _ in range(rollout.num_engines)]
     lb = [{"CPU": float(cluster.learner_cpus_per_rank)} for _ in range(learner.num_ranks)]
     return PoolLayout(rb, lb, "gloo")

@@ -25,17 +25,23 @@ class ModelConfig:
     path: str = "artifacts/tiny-qwen2.5-vl"
     """Local directory or hub id of a Qwen2.5-VL checkpoint (weights, config, processor)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Learner parameter dtype. bf16 on GPUs; fp32 on CPU (the CPU path is measured in fp32)."""
+    """Learner parameter (and reference model) dtype. ``bfloat16`` on GPUs (DeepSpeed ``bf16``
+    mixed precision with fp32 master weights); ``float32`` on CPU, where bf16 is refused: the CPU
+    path and its engine/learner log-prob agreement are measured in fp32."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """transformers attention kernel for the learner; flash_attention_2 needs the GPU extra."""
+    """transformers attention kernel for the learner. ``flash_attention_2`` needs a GPU, the
+    ``flash-attn`` package (``pip install -e .[gpu]``) and ``dtype=bfloat16`` (FA2 has no fp32
+    kernels)."""
     min_pixels: int = 3136
     """Images are resized so that H*W >= min_pixels (Qwen2.5-VL smart resize, factor 28)."""
     max_pixels: int = 12845056
     """... and H*W <= max_pixels. Caps visual tokens per image at max_pixels / 784."""
     freeze_vision_tower: bool = False
-    """Train only the language model and merger (EasyR1's ``freeze_vision_tower``)."""
+    """Train only the language model and merger (EasyR1's ``freeze_vision_tower``): no gradients
+    or optimizer state for the ViT (~670 M parameters in Qwen2.5-VL-3B/7B)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory (GPU runs of 3B/7B)."""
+    """Recompute activations in the backward pass to save memory (GPU runs of 3B/7B); costs about
+    a third more learner compute."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     """GPUs per engine (GPU only)."""
     gpu_memory_utilization: float = 0.6
+    """Fraction of each GPU vLLM may take (weights + KV cache); with ``cluster.colocate`` the
+    learner shares the GPU, so keep it well below 1."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """vLLM weight/activation dtype. ``auto`` = ``bfloat16`` on GPU, ``float32`` on CPU (to match the
+    fp32 CPU learner); must be ``float32`` on CPU."""
     kv_cache_gib: float = 1.0
     """KV cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
     enforce_eager: bool = True
@@ -261,6 +272,12 @@ class ClusterConfig:
     gpus_per_node: int = 8
     """GPU layout only: used to check that the pools fit."""
     num_nodes: int = 1
+    """GPU layout only: nodes in the Ray cluster that the pools may use."""
+    colocate: bool = False
+    """GPU only: rollout engines and learner ranks share the same GPUs (vLLM sleeps during the
+    update), so ``rollout.num_engines * rollout.tensor_parallel_size`` must equal
+    ``learner.num_ranks``. The placement is planned and validated (:mod:`rl_vlm.placement`); the
+    actor groups do not run it yet, so ``validate`` refuses it."""
     log_to_driver: bool = False
     """Stream every actor's stdout/stderr (vLLM and DeepSpeed logs) to the driver's console. Off,
     they go to Ray's session logs (``/tmp/ray/session_latest/logs``); actor errors are raised
@@ -428,17 +445,32 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
     _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")
     _require(t.val_every >= 0, "trainer.val_every", "must be >= 0")
+    m = cfg.model
+    _require(not l.offload_params or l.zero_stage == 3, "learner.offload_params",
+             f"parameter offload needs learner.zero_stage=3, got {l.zero_stage}")
+    _require(not l.offload_optimizer or l.zero_stage >= 1, "learner.offload_optimizer",
+             "optimizer offload needs learner.zero_stage >= 1")
     device = resolve_device(c.device)
     if device == "gpu":
-        total_gpus = c.num_nodes * c.gpus_per_node
-        need = r.num_engines * r.tensor_parallel_size + l.num_ranks
-        _require(need <= total_gpus, "cluster.gpus_per_node",
-                 f"pools need {need} GPUs (rollout.num_engines * rollout.tensor_parallel_size + "
-                 f"learner.num_ranks) but the cluster has {c.num_nodes} x {c.gpus_per_node} = {total_gpus}")
+        from rl_vlm.placement import plan_gpus  # here: placement imports this module
+
+        plan_gpus(num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node, num_engines=r.num_engines,
+                  tensor_parallel_size=r.tensor_parallel_size, num_ranks=l.num_ranks, colocate=c.colocate,
+                  rollout_cpus_per_engine=c.rollout_cpus_per_engine, learner_cpus_per_rank=c.learner_cpus_per_rank)
+        _require(not c.colocate, "cluster.colocate",
+                 "the colocated layout is valid, but the actor groups do not run it yet (vLLM sleep/wake "
+                 "is not wired); use cluster.colocate=false")
+        _require(m.attn_implementation != "flash_attention_2" or m.dtype == "bfloat16", "model.attn_implementation",
+                 f"flash_attention_2 needs model.dtype=bfloat16 (no fp32 kernels), got {m.dtype}")
     else:
         _require(r.tensor_parallel_size == 1, "rollout.tensor_parallel_size", "must be 1 on CPU")
-        _require(cfg.model.attn_implementation != "flash_attention_2", "model.attn_implementation",
+        _require(m.attn_implementation != "flash_attention_2", "model.attn_implementation",
                  "flash_attention_2 needs a GPU; use sdpa on CPU")
+        _require(m.dtype == "float32", "model.dtype",
+                 f"{m.dtype} is not supported on CPU (the CPU path is built and measured in float32); use float32")
+        _require(r.dtype in ("auto", "float32"), "rollout.dtype",
+                 f"{r.dtype} is not supported on CPU (the engine must match the float32 learner); use auto or float32")
+        _require(not c.colocate, "cluster.colocate", "needs GPUs (vLLM sleep/wake); CPU pools are always split")
     if c.address == "local" and c.num_cpus:
         need = r.num_engines * c.rollout_cpus_per_engine + l.num_ranks * c.learner_cpus_per_rank
         _require(need <= c.num_cpus, "cluster.num_cpus",
@@ -455,6 +487,13 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
 
 def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not path.startswith((".", "/")) and not path.startswith("artifacts")
+
+
+def resolve_rollout_dtype(dtype: str, device: str) -> str:
+    """``rollout.dtype`` for vLLM: ``auto`` -> ``bfloat16`` on GPU, ``float32`` on CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device == "gpu" else "float32"
 
 
 def resolve_device(device: str) -> str:
