@@ -126,7 +126,8 @@ class PapoConfig:
     """η_aug: coefficient of the masked-image entropy term +η·mean(−a) (no gradient unless
     ``recompute_with_grad``)."""
     mask_prob: float = 0.6
-    """Probability that a 14-px tile of the raw image is blacked out (one mask per prompt)."""
+    """Probability that a 14-px tile is blacked out (one mask per prompt and step). The authors
+    tile the raw image; here the tiles are drawn on the already-resized image (§2.2)."""
     patch_size: int = 14
     recompute_with_grad: bool = False
     """The paper's reading: recompute the masked-image log-probs in every update micro-batch
@@ -135,13 +136,16 @@ class PapoConfig:
     """> 0: clamp KL_prcp to [0, kl_clip] (``use_kl_prcp_clipping``, 0.2 in the code)."""
     token_mask_quantile: float = 0.0
     """> 0: keep only tokens whose KL_prcp ≥ the per-sequence (1 − q)-quantile
-    (``use_kl_prcp_token_level_mask``, q = 0.2 in the code)."""
+    (``use_kl_prcp_token_level_mask``, q = 0.2 in the code); must be < 1."""
     schedule: Literal["fixed", "annealing"] = "fixed"
     """``annealing``: γ goes linearly from ``gamma_start`` to ``gamma_end`` over
-    ``annealing_ratio`` of the run; the entropy terms are scaled by γ_t/γ."""
-    gamma_start: float = 0.02
+    ``annealing_ratio`` of the run's steps, then stays at ``gamma_end``; the entropy terms are
+    scaled by γ_t/γ (``AnnealingKLController``)."""
+    gamma_start: float | None = None
+    """Start of the annealing; None = ``gamma`` (the code's default ``start_value``)."""
     gamma_end: float = 0.0
-    annealing_ratio: float = 1.0
+    annealing_ratio: float = 0.5
+    """Fraction of trainer.total_steps over which γ is annealed (the code's default 0.5)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ class VppoConfig:
     stats_scope: Literal["micro_batch", "global"] = "micro_batch"
     """``micro_batch``: the code's statistics (min/max over each rank's mini-batch, the mean over
     each micro-batch), so results depend on learner.micro_batch_size and num_ranks; ``global``:
-    min/max and mean over the whole mini-batch on all ranks."""
+    min/max and mean over all the step's valid sequences, independent of the partition."""
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,19 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     # Clamp only changes −inf entries (p = 0 there), so the value and gradient elsewhere are exact.
     logp_finite = logp.clamp_min(torch.finfo(logp.dtype).min)
     return -(logp.exp() * logp_finite).sum(dim=-1)
+
+
+def masked_row_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row q-quantile of ``values`` over the positions where ``mask`` is 1, ``[N, T]`` -> ``[N, 1]``.
+
+    Linear interpolation between order statistics (``torch.nanquantile``'s default), as PAPO's
+    token-level KL_prcp mask uses it (algorithms.md §2.1). A row with no valid position gives
+    NaN, so any ``x >= quantile`` comparison on it is False. Computed in fp32 at least
+    (``nanquantile`` has no bf16 kernel) and returned in that dtype; no gradient.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile q must be in [0, 1], got {q}")
+    work = values.detach()
+    if work.dtype not in (torch.float32, torch.float64):
+        work = work.float()
+    return torch.nanquantile(work.masked_fill(~mask.bool(), float("nan")), q, dim=-1, keepdim=True)
