@@ -175,21 +175,30 @@ class VppoConfig:
 
 @dataclass(frozen=True)
 class CareConfig:
-    """GRPO-CARE, algorithms.md §4 (defaults: ``run_grpo_care_margin0*`` scripts, §4.3)."""
+    """GRPO-CARE, algorithms.md §4 (defaults: ``run_grpo_care_margin0*`` scripts, §4.3).
+
+    Checked when :class:`rl_vlm.algorithms.care.Care` is built (``algorithm.kl_coef`` must be 0:
+    the EMA model is only scored, never a KL target)."""
 
     ema_decay: float = 0.995
+    """φ ← decay·φ + (1 − decay)·θ (``ref_ema_decay``); in [0, 1)."""
     ema_update_every: int = 10
-    """The EMA reference is updated after every N-th optimizer step."""
+    """The EMA reference is updated after every N-th optimizer step (``ref_ema_update_every``)."""
     bonus_coef: float = 0.5
-    """λ of the consistency bonus λ·acc·1[i ∈ H ∩ C]."""
-    confidence_upper_bound: float = 0.95
+    """λ of the consistency bonus λ·acc·1[i ∈ H ∩ C] (scripts 0.5; dataclass default 1.0)."""
+    confidence_upper_bound: float | None = 0.95
+    """c_i ← min(c_i, bound) BEFORE c̄ is taken (§4.1 step 3); None = no clamp (the authors'
+    dataclass default; every script sets 0.95)."""
     margin: float = 0.0
-    """c_i ≥ c̄ − margin counts as consistent (0.01 for video benchmarks)."""
+    """c_i ≥ c̄ − margin counts as consistent (0 = the code's None; 0.01 for video benchmarks)."""
     accuracy_threshold: float = 0.1
-    """The high-accuracy set needs acc > this (and ≥ the group mean)."""
+    """The high-accuracy set needs acc > this (and ≥ the mean accuracy of its unit)."""
+    accuracy_key: str = "accuracy"
+    """The reward sub-score used as acc_i (the code's reward function index 0)."""
     group_scope: Literal["group", "device"] = "group"
-    """``group``: H, c̄ and C per prompt group (principled); ``device``: over each rank's whole
-    batch as the code does (equal at one prompt per device)."""
+    """``group``: H, c̄ and C per prompt group (principled); ``device``: over each rank's share of
+    each mini-batch (the driver's ``device_mini_batches``), as the code does with its per-GPU
+    batch. The two are equal at one prompt per device (§4.4, §9.10)."""
 
 
 @dataclass(frozen=True)
@@ -197,24 +206,31 @@ class VogueConfig:
     """VOGUE / DUPL, algorithms.md §5 (defaults: the released code, §5.3)."""
 
     mode: Literal["code", "paper"] = "code"
-    """``code``: raw-image rollouts only, the noisy image only shapes their advantages, one
-    branch draw per step; ``paper``: separate noisy-branch rollouts and a per-sample branch
-    choice (Algorithm 1)."""
+    """``code``: raw-image rollouts only, the noisy image only shapes their advantages
+    (sampled-token symmetric KL, entropy cap by the shaped advantage), one branch draw per
+    step (§5.2); ``paper``: separate noisy-branch rollouts, full-distribution symmetric KL, caps
+    by the base |A| and a per-sample branch choice (§5.1, Algorithm 1)."""
     noise_std: float = 0.2
-    """σ of the Gaussian pixel noise (the paper reports 0.4)."""
+    """σ of the Gaussian pixel noise on [0, 1] pixels (``gaussian_noise_std``; the scripts use
+    0.2, the paper reports 0.4)."""
     augmentation_strength: float = 1.0
+    """s: scales the noise σ and the colour jitter (brightness/contrast 0.15·s)."""
     rotation_degrees: float = 10.0
+    """Rotation angle drawn uniformly in ±this, without expand (size kept)."""
     alpha_p: float = 1.0
-    """Weight of the perceptual-uncertainty bonus (``kl_penalty_weight``)."""
+    """Weight of the perceptual-uncertainty bonus (``kl_penalty_weight``); its sign is kept."""
     beta_p: float = 2.0
     """Its cap |A|/β_p (hard-coded 2 in the code)."""
     entropy_shaping: bool = True
+    """Add the output-uncertainty (entropy) bonus (``use_entropy_shaping``)."""
     alpha_o: float = 0.4
     beta_o: float = 2.0
     """Output-uncertainty bonus min(α_o·H, |A|/β_o)."""
     schedule: Literal["adaptive", "fixed"] = "adaptive"
-    """``adaptive``: branch probability 1 − step/total; ``fixed``: ``fixed_prob``."""
+    """``adaptive``: branch probability max(0, 1 − step/total); ``fixed``: ``fixed_prob``."""
     fixed_prob: float = 0.5
+    seed: int = 0
+    """Seed of the branch draws, mixed with the step so that a resumed run repeats them."""
 
 
 @dataclass(frozen=True)
