@@ -321,6 +321,13 @@ class TrainerConfig:
     """Empty = the basename of ``output_dir``."""
     save_final_model: bool = False
     """Write a Hugging Face directory of the final policy to ``<output_dir>/final``."""
+    seed_per_run: bool = False
+    """Multirun (``rl-vlm train -m``): False = every run uses ``seed`` (runs differ only in the swept
+    keys); True = run number j uses ``seed + j``. See docs/sweeps.md."""
+    sweep_metric: str = "val/accuracy"
+    """Multirun: the metrics.jsonl key whose last value ranks the runs in the sweep summary."""
+    sweep_mode: Literal["max", "min"] = "max"
+    """Multirun: rank by the largest (``max``) or smallest (``min``) ``sweep_metric``."""
 
 
 @dataclass(frozen=True)
