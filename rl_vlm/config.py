@@ -265,7 +265,12 @@ class RewardFunctionConfig:
     name: str = "accuracy"
     """A registered reward (see :mod:`rl_vlm.rewards`) or a user function ``file.py:fn`` / ``module:fn``."""
     weight: float = 1.0
+    """Weight of this function's ``score`` in the overall reward (sub-scores of a dict are only logged)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the function on every call; checked against its signature at start-up."""
+    key: str = ""
+    """Name of its sub-score (``reward/<key>``); empty = ``name``. Lets one function appear twice with
+    different kwargs, or different tasks log their own accuracy function under one key."""
 
 
 @dataclass(frozen=True)
@@ -274,9 +279,36 @@ class RewardConfig:
         RewardFunctionConfig(name="format", weight=0.1),
         RewardFunctionConfig(name="accuracy", weight=0.9),
     )
-    """The overall reward is the weighted sum; each sub-score is logged as ``reward/<name>``."""
+    """The default function set: the overall reward is the weighted sum; each sub-score is logged as
+    ``reward/<key>``. Used for every row that :attr:`by_task` does not route elsewhere."""
     accuracy_key: str = "accuracy"
     """Which sub-score is reported as the accuracy metric (and pass@k in validation)."""
+    by_task: dict[str, tuple[RewardFunctionConfig, ...]] = field(default_factory=dict)
+    """Named function sets for mixed-task data. A row with a ``reward`` field uses ``by_task[row["reward"]]``
+    (an unknown name scores 0 and counts an error); else a row whose ``task`` is a key uses that set;
+    else :attr:`functions`."""
+    num_workers: int = 0
+    """Reward worker processes; 0 = score serially in the driver (no timeout). With workers, a call that
+    runs past :attr:`timeout_s` is killed (its worker replaced) and scores 0 as an error."""
+    timeout_s: float = 10.0
+    """Per-call time limit (one function on one sample) when ``num_workers > 0``."""
+
+    def __post_init__(self) -> None:
+        # Hydra hands the by_task values over as lists of plain dicts; the generic converter does not
+        # descend into dict values, so they are typed here (and ConfigError names the key).
+        sets = {}
+        for task, fns in self.by_task.items():
+            if isinstance(fns, (str, bytes)) or not isinstance(fns, (list, tuple)):
+                raise ConfigError(f"reward.by_task.{task}: expected a list of reward functions, got {fns!r}")
+            sets[str(task)] = tuple(
+                f if isinstance(f, RewardFunctionConfig)
+                else _convert(RewardFunctionConfig, f, f"reward.by_task.{task}[{i}]")
+                for i, f in enumerate(fns))
+        object.__setattr__(self, "by_task", sets)
+        if self.num_workers < 0:
+            raise ConfigError(f"reward.num_workers: must be >= 0, got {self.num_workers}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"reward.timeout_s: must be > 0, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,17 @@
 
 Contract. A reward function is ``fn(response: str, row: dict, **kwargs) -> float | dict[str, float]``:
 
-- ``response`` is the decoded response text; ``row`` is the dataset row's fields (``problem``,
-  ``answer``, ``task``...); ``kwargs`` are the function's ``kwargs`` from the reward config.
+- ``response`` is the decoded response text; ``row`` is a copy of the dataset row's fields
+  (``problem``, ``answer``, ``task``...; images are not included); ``kwargs`` are the function's
+  ``kwargs`` from the reward config. A function that declares a ``response_length`` parameter
+  also gets the response's length in tokens (None when the driver did not pass lengths).
 - A float is the score. A dict gives named sub-scores and must contain ``"score"``, the value
   that is weighted into the overall reward; its other keys are logged as ``<name>/<key>``.
 - Raising is allowed: :class:`~rl_vlm.rewards.manager.RewardManager` scores that sample 0 for
-  that function and counts an error.
+  that function and counts an error; so does running past ``reward.timeout_s`` in a worker.
+- With ``reward.num_workers > 0`` it runs in a worker process: it must be importable there (a
+  module-level function of a file or module, not a lambda or a closure) and must not rely on
+  state set up in the driver. Full reference: docs/rewards.md.
 
 Built-ins live in :data:`REWARDS`; user code adds to it with :func:`register_reward`, or is
 referenced from the config as ``path/to/file.py:fn`` or ``package.module:fn``.
@@ -24,9 +29,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar, cast
 
-from rl_vlm.rewards.accuracy import accuracy_reward
+from rl_vlm.rewards.accuracy import accuracy_reward, exact_match_reward, math_reward, multiple_choice_reward
 from rl_vlm.rewards.format import format_reward
 from rl_vlm.rewards.grounding import iou_reward
+from rl_vlm.rewards.length import overlong_reward
 
 RewardFn = Callable[..., "float | dict[str, float]"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,7 +40,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 REWARDS: dict[str, RewardFn] = {
     "format": format_reward,
     "accuracy": accuracy_reward,
+    "exact_match": exact_match_reward,
+    "math": math_reward,
+    "multiple_choice": multiple_choice_reward,
     "iou": iou_reward,
+    "overlong": overlong_reward,
 }
 """Registered reward functions by name (the ``name`` field of a reward config entry)."""
 
@@ -111,7 +121,18 @@ def resolve_reward(name: str) -> RewardFn:
     return cast(RewardFn, fn)
 
 
-from rl_vlm.rewards.manager import RewardManager, RewardResult  # noqa: E402  (needs resolve_reward)
 
-__all__ = ["REWARDS", "RewardFn", "RewardManager", "RewardResult", "accuracy_reward", "format_reward",
+
+def __getattr__(name: str) -> Any:
+    # The manager (and torch with it) is imported on first use only, so reward worker processes,
+    # which import this package for the registry, stay light.
+    if name in ("RewardManager", "RewardResult"):
+        from rl_vlm.rewards import manager
+
+        return getattr(manager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["REWARDS", "RewardFn", "RewardManager", "RewardResult", "accuracy_reward", "exact_match_reward",
+           "format_reward", "iou_reward", "math_reward", "multiple_choice_reward", "overlong_reward",
            "register_reward", "resolve_reward"]

@@ -80,6 +80,52 @@ def _strip_math_delimiters(text: str) -> str:
     return text
 
 
+_UNIT_WORDS = (
+    "mm|cm|dm|m|km|in|inch|inches|ft|foot|feet|yd|yards?|mi|miles?|mg|g|kg|lbs?|oz|ml|mL|l|L|s|sec|"
+    "seconds?|min|minutes?|h|hr|hrs|hours?|days?|weeks?|months?|years?|deg|degrees?|rad|radians?|units?|"
+    "(?:milli|centi|kilo)?(?:meters?|metres?|grams?|liters?|litres?)|dollars?|cents?|pounds?|"
+    "mph|km/h|m/s|cm/s|N|J|W|V|A|Pa|kPa|Hz"
+)
+# A unit at the end, after a number or a closing brace: "3 cm", "3cm", "12 m^2", "5\\,\\text{kg}",
+# "7 square feet". A one-letter unit needs a separator or \\text{} ("2 m", not "2m": that is 2·m).
+_SEP = r"(?:\s|\\[,;:! ]|~)"
+_TRAILING_UNIT = re.compile(
+    rf"(?<=[\d}}.])(?:{_SEP}*\\(?:text|mathrm|mbox|textrm|rm)\s*\{{\s*(?:{_UNIT_WORDS})\s*\}}"
+    rf"|{_SEP}+(?:square\s+|sq\.?\s*|cubic\s+)?(?:{_UNIT_WORDS})\b"
+    rf"|(?:{_UNIT_WORDS})(?<=[A-Za-z/][A-Za-z])\b)"
+    rf"(?:\^\{{?[23]\}}?|[²³])?\.?$"
+)
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree")
+_PERCENT = re.compile(r"\\?%$")
+
+
+def strip_units(text: str) -> str:
+    """``text`` without a trailing unit (a known word or ``\\text{…}`` of one, optionally squared or
+    cubed), degree signs and a trailing percent sign: "3 cm" -> "3", "12 m^2" -> "12",
+    "90°" -> "90", "50\\%" -> "50". Anything that is not a number followed by a unit is kept."""
+    out = _DEGREES.sub("", text.strip()).strip()
+    out = _PERCENT.sub("", out).strip()
+    out = _TRAILING_UNIT.sub("", out).strip()
+    return out or text.strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``) in ``text``, braces matched; None."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None  # unbalanced
+
+
 def math_equal(ground_truth: str, prediction: str) -> bool:
     """``math_verify.verify(parse(gt), parse(pred))`` with each side parsed as one whole LaTeX
     expression; False when either side does not parse."""
@@ -94,7 +140,7 @@ def math_equal(ground_truth: str, prediction: str) -> bool:
         return list(parse("\\boxed{" + _strip_math_delimiters(text) + "}", extraction_config=config,
                           fallback_mode="no_fallback", parsing_timeout=timeout))
 
-    gold, pred = whole(ground_truth), whole(prediction)
+    gold, pred = whole(strip_units(ground_truth)), whole(strip_units(prediction))
     if not gold or not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=timeout))
@@ -122,3 +168,78 @@ def accuracy_reward(response: str, row: Mapping[str, Any]) -> float:
     if _MATHY.search(gt) and math_equal(gt, pred):
         return 1.0
     return 0.0
+
+
+def exact_match_reward(response: str, row: Mapping[str, Any]) -> float:
+    """1.0 iff the last ``<answer>`` content equals ``row["answer"]`` after :func:`normalize_text`
+    (case, articles, whitespace, end punctuation); a list ``answer`` accepts any of its items.
+    For yes/no, counting, colour and other short-answer VQA; no math or option-letter rules."""
+    pred = extract_answer(response)
+    answers = row["answer"]
+    golds = answers if isinstance(answers, (list, tuple)) else [answers]
+    if not pred:
+        return 0.0
+    norm = normalize_text(pred)
+    return 1.0 if any(norm and norm == normalize_text(str(g)) for g in golds) else 0.0
+
+
+def math_reward(response: str, row: Mapping[str, Any]) -> float:
+    """1.0 iff the predicted answer is mathematically equal to ``row["answer"]`` (math_verify).
+
+    The prediction is the last ``<answer>`` content, or the last ``\\boxed{}`` inside it when it has
+    one; a response without an ``<answer>`` pair falls back to its last ``\\boxed{}`` (EasyR1-style
+    outputs). Both sides lose trailing units (:func:`strip_units`) and are parsed whole (see
+    :func:`math_equal`): "\\frac{1}{2}" = "0.5" = "1/2", "3 cm" = "3", "2\\sqrt{2}" = "\\sqrt{8}".
+    A normalised exact match also counts (for answers such as "x = y" that do not parse).
+    """
+    answer = extract_answer(response)
+    pred = last_boxed(response) if answer is None else (last_boxed(answer) or answer)
+    gt = str(row["answer"]).strip()
+    if not pred or not gt:
+        return 0.0
+    if normalize_text(pred) == normalize_text(gt):
+        return 1.0
+    return 1.0 if math_equal(gt, pred) else 0.0
+
+
+_LETTERS = "ABCDEFGHIJ"
+
+
+def _options(row: Mapping[str, Any], key: str) -> dict[str, str]:
+    raw = row.get(key)
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping):
+        return {str(k).strip().upper(): str(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return {_LETTERS[i]: str(v) for i, v in enumerate(raw[: len(_LETTERS)])}
+    raise ValueError(f"row[{key!r}] must be a list of option texts or a letter -> text mapping")
+
+
+def _letter_of(text: str, options: Mapping[str, str], ground_truth: bool) -> str | None:
+    letter = option_letter(text, ground_truth=ground_truth)
+    if letter is not None:
+        return letter
+    norm = normalize_text(text)
+    hits = [k for k, v in options.items() if norm and normalize_text(v) == norm]
+    return hits[0] if len(hits) == 1 else None
+
+
+def multiple_choice_reward(response: str, row: Mapping[str, Any], options_key: str = "options") -> float:
+    """1.0 iff the last ``<answer>`` names the same option as ``row["answer"]``.
+
+    An option is named by its letter A–E ("B", "(B)", "B.", "B)", "b"), by a letter with its text
+    ("B. cat", "(B) cat"; upper case and a delimiter), or, when the row lists its options in
+    ``row[options_key]`` (a list, lettered A, B, … in order, or a letter -> text mapping), by the
+    option text alone ("cat", normalised as in :func:`normalize_text`). The ground truth may be a
+    letter or an option's text. Several letters ("B, C") never match. A ground truth that names no
+    option raises ValueError (counted as an error): the row is not a multiple-choice row.
+    """
+    options = _options(row, options_key)
+    gt = _letter_of(str(row["answer"]), options, ground_truth=True)
+    if gt is None:
+        raise ValueError(f"answer {row['answer']!r} is neither an option letter nor one option's text")
+    pred = extract_answer(response)
+    if not pred:
+        return 0.0
+    return 1.0 if _letter_of(pred, options, ground_truth=False) == gt else 0.0
