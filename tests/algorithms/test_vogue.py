@@ -424,3 +424,13 @@ def test_matches_the_authors_dupl_on_random_tensors(seed: int, use_aug: bool) ->
     algo = Vogue(_cfg(schedule="fixed", fixed_prob=1.0 if use_aug else 0.0))
     adv = algo.compute_advantages(rewards, g, mask, _code_extras(raw, aug))
     torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_variant_modules_import_with_torch_and_numpy_only() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, rl_vlm.algorithms.care, rl_vlm.algorithms.vogue; "
+            "heavy = [m for m in ('ray', 'vllm', 'deepspeed', 'PIL') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
