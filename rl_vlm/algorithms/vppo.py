@@ -75,8 +75,11 @@ def token_dependency(old_logprobs: torch.Tensor, view_logprobs: torch.Tensor) ->
 
     d = clamp(a − ℓ_old, ±20), S = clamp(e^d − d − 1, 0, 10), with ℓ_old = ``old_logprobs``
     (original image) and a = ``view_logprobs`` (perturbed image), both from the old policy.
+    Returned in fp32 or wider.
     """
-    d = (view_logprobs.detach() - old_logprobs.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    # At least fp32 (the code's log-probs are fp32): e^d − d − 1 cancels badly in bf16.
+    dtype = torch.promote_types(torch.promote_types(old_logprobs.dtype, view_logprobs.dtype), torch.float32)
+    d = (view_logprobs.detach().to(dtype) - old_logprobs.detach().to(dtype)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return (d.exp() - d - 1.0).clamp(0.0, K3_VALUE_CLAMP)
 
 
