@@ -57,6 +57,31 @@ class RolloutBatch:
 
 
 @dataclass
+class LearnerBatch:
+    """The sequences a step hands to the learner pool (N of them, group-major), with the images
+    each one is conditioned on. Image lists are shared objects across a group, so the learners
+    preprocess each distinct list once."""
+
+    prompt_ids: list[list[int]]
+    """[N] prompt token ids with image pads expanded."""
+    response_ids: list[list[int]]
+    """[N] sampled response token ids."""
+    images: list[list[Any]]
+    """[N] PIL images the response was sampled with."""
+    view_images: dict[str, list[list[Any]]] = field(default_factory=dict)
+    """view name -> [N] the transformed images of that view (see ``Algorithm.views``)."""
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    def subset(self, idx: list[int]) -> LearnerBatch:
+        """The sequences ``idx`` (in that order), e.g. those an algorithm keeps for the update."""
+        return LearnerBatch([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx],
+                            [self.images[i] for i in idx],
+                            {k: [v[i] for i in idx] for k, v in self.view_images.items()})
+
+
+@dataclass
 class SequenceBatch:
     """Padded learner inputs for a set of sequences (a rank's share of a mini-batch)."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rl_vlm.batch import Prompt, RolloutBatch
+from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch
 from rl_vlm.config import ClusterConfig, Config, ConfigError, LearnerConfig, RolloutConfig
 from rl_vlm.placement import GpuPlacement, plan_gpus
 
@@ -170,44 +170,55 @@ class LearnerGroup:
         counts = ray.get([a.init.remote(addr, port, gas) for a in self.actors])
         self.num_params = counts[0]
 
-    def set_batch(self, rollout: RolloutBatch, mini_batch_size: int, max_response_len: int,
-                  temperature: float) -> list[list[int]]:
-        """Split the step's sequences over ranks: each mini-batch's sequences are cut into
-        ``num_ranks`` contiguous slices. Returns, per rank, the global sequence indices it got."""
+    def set_batch(self, batch: LearnerBatch, mini_batch_size: int, group_size: int, max_response_len: int,
+                  temperature: float, step: int, total_steps: int) -> None:
+        """Split the step's sequences over ranks: each mini-batch (``mini_batch_size`` prompts x
+        ``group_size`` sequences) is cut into ``num_ranks`` contiguous slices. Sets
+        :attr:`assignment` (per rank, the global sequence indices it got) and the statistic units
+        :attr:`micro_batches` / :attr:`device_mini_batches` (global indices)."""
         import ray
 
         from rl_vlm.workers.learner import RankShard
 
-        G, W = rollout.group_size, self.world_size
-        seqs_per_mb = mini_batch_size * G
-        N = len(rollout.response_ids)
+        W, m = self.world_size, self.cfg.learner.micro_batch_size
+        seqs_per_mb = mini_batch_size * group_size
+        N = len(batch)
         assignment: list[list[int]] = [[] for _ in range(W)]
         mbs: list[list[list[int]]] = [[] for _ in range(W)]
         num_tokens, num_seqs = [], []
+        self.micro_batches, self.device_mini_batches = [], []
         for start in range(0, N, seqs_per_mb):
             idx = list(range(start, min(start + seqs_per_mb, N)))
-            num_tokens.append(float(sum(len(rollout.response_ids[i]) for i in idx)))
-            num_seqs.append(float(sum(1 for i in idx if rollout.response_ids[i])))
+            num_tokens.append(float(sum(len(batch.response_ids[i]) for i in idx)))
+            num_seqs.append(float(sum(1 for i in idx if batch.response_ids[i])))
             per = len(idx) // W
             for r in range(W):
                 part = idx[r * per: (r + 1) * per]
                 mbs[r].append(list(range(len(assignment[r]), len(assignment[r]) + len(part))))
                 assignment[r].extend(part)
+                self.device_mini_batches.append(part)
+                self.micro_batches.extend(part[j: j + m] for j in range(0, len(part), m))
         futures = []
         for r, actor in enumerate(self.actors):
-            prompt_of = [i // G for i in assignment[r]]
-            used = sorted(set(prompt_of))
-            local = {p: j for j, p in enumerate(used)}
+            sel = assignment[r]
+            distinct: dict[int, int] = {}  # id(image list) -> local index; a group shares its list
+            images: list[list[Any]] = []
+
+            def local(imgs: list[Any]) -> int:
+                if id(imgs) not in distinct:
+                    distinct[id(imgs)] = len(images)
+                    images.append(imgs)
+                return distinct[id(imgs)]
+
             shard = RankShard(
-                images=[rollout.prompts[p].images for p in used], prompt_index=[local[p] for p in prompt_of],
-                prompt_ids=[rollout.prompt_ids[i] for i in assignment[r]],
-                response_ids=[rollout.response_ids[i] for i in assignment[r]],
+                images=images, image_index=[local(batch.images[i]) for i in sel],
+                view_index={name: [local(v[i]) for i in sel] for name, v in batch.view_images.items()},
+                prompt_ids=[batch.prompt_ids[i] for i in sel], response_ids=[batch.response_ids[i] for i in sel],
                 mini_batches=mbs[r], num_tokens=num_tokens, num_seqs=num_seqs,
-                max_response_len=max_response_len, temperature=temperature)
+                max_response_len=max_response_len, temperature=temperature, step=step, total_steps=total_steps)
             futures.append(actor.set_batch.remote(shard))
         ray.get(futures)
         self.assignment = assignment
-        return assignment
 
     def _gather(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
         N = sum(len(a) for a in self.assignment)
@@ -217,11 +228,19 @@ class LearnerGroup:
                 out[i] = v
         return out
 
-    def compute_logprobs(self, reference: bool = False) -> list[torch.Tensor]:
-        """[N] per-sequence response log-probs (old policy, or the reference), global order."""
+    def compute_logprobs(self, which: str = "policy") -> list[torch.Tensor]:
+        """[N] per-sequence response log-probs (``policy``, ``reference`` or ``ema``), global order."""
         import ray
 
-        return self._gather(ray.get([a.compute_logprobs.remote(reference) for a in self.actors]))
+        return self._gather(ray.get([a.compute_logprobs.remote(which) for a in self.actors]))
+
+    def compute_views(self) -> dict[str, list[torch.Tensor]]:
+        """``view/<name>/<key>`` -> [N] per-sequence values of every algorithm view, global order."""
+        import ray
+
+        parts = ray.get([a.compute_views.remote() for a in self.actors])
+        return {f"view/{name}/{key}": self._gather([p[name][key] for p in parts])
+                for name, res in parts[0].items() for key in res}
 
     def update(self, advantages: list[torch.Tensor], old: list[torch.Tensor],
                ref: list[torch.Tensor] | None) -> dict[str, float]:

@@ -500,6 +500,12 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip ranges must be >= 0")
     _require(a.clip_dual == 0 or a.clip_dual > 1, "algorithm.clip_dual", "must be 0 (off) or > 1")
     _require(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    from rl_vlm.algorithms import build_algorithm  # here: the algorithms import this module
+
+    try:
+        build_algorithm(a)  # each algorithm checks its own sub-config, naming the key
+    except ValueError as e:
+        raise ConfigError(str(e) if str(e).startswith("algorithm") else f"algorithm: {e}") from e
     _require(len(cfg.reward.functions) > 0, "reward.functions", "at least one reward function is required")
     _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
     _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")

@@ -21,6 +21,7 @@ import torch
 from rl_vlm.algorithms import build_algorithm
 from rl_vlm.batch import Prompt, RolloutBatch
 from rl_vlm.config import Config, resolve_device, to_dict, validate
+from rl_vlm.experience import answer_mask, branch_of, learner_batch, pad_responses, with_rollout_views
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.tracking import PhaseTimer, Tracker
 
@@ -32,17 +33,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-def pad_responses(values: list[torch.Tensor] | list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged per-sequence values -> ([N, L] zero-padded, [N, L] mask)."""
-    L = max((len(v) for v in values), default=0) or 1
-    out = torch.zeros(len(values), L)
-    mask = torch.zeros(len(values), L)
-    for i, v in enumerate(values):
-        out[i, : len(v)] = torch.as_tensor(v, dtype=torch.float32)
-        mask[i, : len(v)] = 1.0
-    return out, mask
 
 
 def response_stats(rollout: RolloutBatch) -> dict[str, float]:
@@ -61,6 +51,7 @@ class System:
     rollout: Any
     learners: Any
     rewards: RewardManager
+    tokenizer: Any
 
 
 def build_system(cfg: Config, with_learners: bool = True) -> System:
@@ -84,7 +75,7 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
     start_ray(cfg, layout)
     rollout = RolloutGroup(cfg, layout, device)
     learners = LearnerGroup(cfg, layout, device) if with_learners else None
-    return System(cfg, sampler, val_prompts, rollout, learners, RewardManager(cfg.reward))
+    return System(cfg, sampler, val_prompts, rollout, learners, RewardManager(cfg.reward), processor.tokenizer)
 
 
 def run_validation(sys_: System) -> dict[str, float]:
@@ -108,25 +99,35 @@ def run_validation(sys_: System) -> dict[str, float]:
 
 def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
     cfg, timer = sys_.cfg, PhaseTimer()
+    seed, G, total = cfg.trainer.seed, cfg.rollout.n, cfg.trainer.total_steps
     t0 = time.perf_counter()
     with timer("rollout"):
         prompts = sys_.train_sampler.next_batch()
-        rollout = sys_.rollout.generate(prompts, cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
-                                        seed=cfg.trainer.seed * 100_003 + step)
+        rollout = sys_.rollout.generate(with_rollout_views(prompts, algorithm, seed, step), G,
+                                        cfg.rollout.temperature, cfg.rollout.top_p, seed=seed * 100_003 + step)
     with timer("reward"):
-        rows = [p.row for p in prompts for _ in range(cfg.rollout.n)]
-        scored = sys_.rewards.score(rollout.response_texts, rows)
+        rows = [p.row for p in rollout.prompts for _ in range(G)]
+        scored = sys_.rewards.score(rollout.response_texts, rows, [len(r) for r in rollout.response_ids])
     with timer("old_logprob"):
-        sys_.learners.set_batch(rollout, cfg.learner.mini_batch_size, cfg.rollout.max_new_tokens,
-                                cfg.rollout.temperature)
+        batch = learner_batch(rollout, algorithm, len(prompts), seed, step)
+        set_batch = (cfg.learner.mini_batch_size, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, step, total)
+        sys_.learners.set_batch(batch, *set_batch)
         old = sys_.learners.compute_logprobs()
-        ref = sys_.learners.compute_logprobs(reference=True) if algorithm.needs_reference else None
+        ref = sys_.learners.compute_logprobs("reference") if algorithm.needs_reference else None
+        extras = _hook_extras(sys_, algorithm, rollout, len(prompts), old, ref, step)
     with timer("advantage"):
-        _, mask = pad_responses(rollout.response_ids)
-        adv = algorithm.compute_advantages(scored.overall, rollout.group_size, mask, {})
-        advantages = [adv[i, : len(r)] for i, r in enumerate(rollout.response_ids)]
+        mask = extras["response_mask"]
+        scores = algorithm.score_rollouts(scored.overall, scored.sub_scores, G, mask, extras)
+        adv = algorithm.compute_advantages(scores.rewards, G, mask, extras)
+        keep = algorithm.select_for_update(adv, G, extras)
+        keep = list(range(len(rollout.response_ids))) if keep is None else keep.tolist()
+        advantages = [adv[i, : len(rollout.response_ids[i])] for i in keep]
     with timer("update"):
-        actor = sys_.learners.update(advantages, old, ref)
+        if len(keep) != len(rollout.response_ids):  # the algorithm dropped sequences: re-shard
+            sys_.learners.set_batch(batch.subset(keep), *set_batch)
+            sys_.learners.compute_views()
+        actor = sys_.learners.update(advantages, [old[i] for i in keep],
+                                     None if ref is None else [ref[i] for i in keep])
     with timer("sync"):
         refs = sys_.learners.gather_weights()
         versions = sys_.rollout.load_weights(refs, step)
@@ -137,9 +138,15 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
     metrics = {
         "reward/mean": scored.overall.mean().item(),
         "reward/std": scored.overall.std().item(),
-        **{f"reward/{k}": v.mean().item() for k, v in scored.sub_scores.items()},
+        # Mixed-task batches: a sub-score is averaged over the samples that were scored with it.
+        **{f"reward/{k}": v[scored.present[k]].mean().item() for k, v in scored.sub_scores.items()
+           if scored.present[k].any()},
         "reward/errors": float(scored.num_errors),
         **response_stats(rollout),
+        **scores.metrics,
+        **getattr(algorithm, "last_metrics", {}),
+        "advantage/mean": (adv * mask).sum().item() / max(mask.sum().item(), 1),
+        "advantage/abs_max": adv.abs().max().item(),
         **{f"actor/{k}": v for k, v in actor.items()},
         # How far the engine's sampling distribution is from the learner's (same weights).
         "rollout/logprob_diff": ((old_pad - roll_pad).abs() * mask).sum().item() / max(mask.sum().item(), 1),
@@ -154,6 +161,28 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
     if cfg.reward.accuracy_key in scored.sub_scores:
         metrics["reward/accuracy"] = scored.sub_scores[cfg.reward.accuracy_key].mean().item()
     return metrics
+
+
+def _hook_extras(sys_: System, algorithm: Any, rollout: RolloutBatch, num_raw_prompts: int,
+                 old: list[torch.Tensor], ref: list[torch.Tensor] | None, step: int) -> dict[str, Any]:
+    """The response-aligned inputs of the driver-side algorithm hooks (contract:
+    :mod:`rl_vlm.algorithms.base`); runs the extra learner passes the algorithm asks for."""
+    learners = sys_.learners
+    old_pad, mask = pad_responses(old)
+    extras: dict[str, Any] = {"response_mask": mask, "old_logprobs": old_pad, "step": step,
+                              "total_steps": sys_.cfg.trainer.total_steps,
+                              "micro_batches": learners.micro_batches,
+                              "device_mini_batches": learners.device_mini_batches,
+                              "branch": branch_of(rollout, num_raw_prompts)}
+    if ref is not None:
+        extras["ref_logprobs"] = pad_responses(ref)[0]
+    if algorithm.views():
+        extras.update({k: pad_responses(v)[0] for k, v in learners.compute_views().items()})
+    if algorithm.ema_reference() is not None:
+        extras["ema/logprobs"] = pad_responses(learners.compute_logprobs("ema"))[0]
+    if algorithm.needs_answer_span:
+        extras["answer_mask"] = answer_mask(sys_.tokenizer, rollout.response_ids, mask.shape[1])
+    return extras
 
 
 def train(cfg: Config) -> str:
@@ -181,6 +210,7 @@ def train(cfg: Config) -> str:
             sys_.learners.save_hf(os.path.join(run_dir, "final"))
     finally:
         tracker.close()
+        sys_.rewards.close()
         _shutdown()
     return run_dir
 

@@ -44,11 +44,7 @@ def _register_variants() -> None:
 
     for name, (module, cls) in _VARIANTS.items():
         if name not in ALGORITHMS:
-            try:
-                ALGORITHMS[name] = getattr(importlib.import_module(module), cls)
-            except ModuleNotFoundError as e:  # TEMPORARY while the variant modules are written
-                if e.name != module:
-                    raise
+            ALGORITHMS[name] = getattr(importlib.import_module(module), cls)
 
 
 def parse_name(name: str) -> list[str]:

@@ -31,14 +31,17 @@ from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
 class RankShard:
     """One rank's share of a step: the sequences of every mini-batch, in mini-batch order.
 
-    ``mini_batches[k]`` lists indices into ``seqs`` belonging to mini-batch k; ``num_tokens[k]``
-    and ``num_seqs[k]`` are that mini-batch's totals over *all* ranks (the loss denominators).
+    ``mini_batches[k]`` lists indices into ``prompt_ids`` belonging to mini-batch k;
+    ``num_tokens[k]`` and ``num_seqs[k]`` are that mini-batch's totals over *all* ranks (the
+    loss denominators).
     """
 
     images: list[list[Any]]
-    """[B_r] PIL images of each prompt this rank needs."""
-    prompt_index: list[int]
-    """[n] which entry of ``images`` each sequence uses."""
+    """Distinct PIL image lists this rank needs (raw and view images alike)."""
+    image_index: list[int]
+    """[n] which entry of ``images`` each sequence was sampled with."""
+    view_index: dict[str, list[int]]
+    """view name -> [n] which entry of ``images`` is that view of each sequence."""
     prompt_ids: list[list[int]]
     """[n] prompt tokens (image pads expanded)."""
     response_ids: list[list[int]]
@@ -49,7 +52,8 @@ class RankShard:
     max_response_len: int
     temperature: float = 1.0
     """Logits are divided by the rollout temperature before log-softmax (as verl/EasyR1 do)."""
-    extras: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    total_steps: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -126,13 +130,19 @@ class Learner:
         model.config.use_cache = False
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
-        self.ref_engine = None
-        if self.algorithm.needs_reference:
-            ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        # Frozen copies for the KL reference and the EMA reference (GRPO-CARE), ZeRO-3 sharded
+        # like the policy but without optimizer state.
+        frozen_config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
+
+        def frozen_copy() -> Any:
+            m = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 self.model_cfg.path, dtype=dtype, attn_implementation=self.model_cfg.attn_implementation)
-            ref_config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
-            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=ref_config)
-            self.ref_engine.eval()
+            engine, *_ = deepspeed.initialize(model=m, config=frozen_config)
+            engine.eval()
+            return engine
+
+        self.ref_engine = frozen_copy() if self.algorithm.needs_reference else None
+        self.ema_engine = frozen_copy() if self.algorithm.ema_reference() is not None else None
         self.processor = AutoProcessor.from_pretrained(self.model_cfg.path)
         self.image_token_id = model.config.image_token_id
         return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
@@ -167,14 +177,16 @@ class Learner:
     def set_batch(self, shard: RankShard) -> None:
         """Receive this rank's sequences for the step and preprocess their images once."""
         self.shard = shard
+        self._view_out: dict[str, dict[str, list[torch.Tensor]]] = {}
         self._pixels = []
         for imgs in shard.images:
             out = self.processor.image_processor(images=imgs, return_tensors="pt")
             self._pixels.append((out["pixel_values"], out["image_grid_thw"]))
 
-    def _collate(self, idx: list[int]) -> SequenceBatch:
+    def _collate(self, idx: list[int], view: str | None = None) -> SequenceBatch:
         s = self.shard
         assert s is not None
+        image_of = s.image_index if view is None else s.view_index[view]
         seqs = [s.prompt_ids[i] + s.response_ids[i] for i in idx]
         T = max(len(x) for x in seqs)
         pad = self.processor.tokenizer.pad_token_id or 0
@@ -187,7 +199,7 @@ class Learner:
             input_ids[row, : p + r] = torch.tensor(seqs[row])
             attn[row, : p + r] = 1
             resp[row, p: p + r] = 1.0
-            pv, thw = self._pixels[s.prompt_index[i]]
+            pv, thw = self._pixels[image_of[i]]
             pixels.append(pv)
             grids.append(thw)
             per_seq.append(int(thw.shape[0]))
@@ -195,8 +207,8 @@ class Learner:
                              pixel_values=torch.cat(pixels), image_grid_thw=torch.cat(grids),
                              images_per_seq=per_seq)
 
-    def _forward(self, module: torch.nn.Module, b: SequenceBatch, with_entropy: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _logits(self, module: torch.nn.Module, b: SequenceBatch) -> torch.Tensor:
+        """[n, T, V] next-token logits at the rollout temperature."""
         dev = next(module.parameters()).device
         ids = b.input_ids.to(dev)
         # mrope needs to know which tokens are image tokens; without this transformers silently
@@ -205,8 +217,12 @@ class Learner:
         out = module(input_ids=ids, attention_mask=b.attention_mask.to(dev),
                      pixel_values=b.pixel_values.to(dev, dtype=next(module.parameters()).dtype),
                      image_grid_thw=b.image_grid_thw.to(dev), mm_token_type_ids=mm_types, use_cache=False)
-        logits = out.logits / self.shard.temperature
-        logp = token_logprobs(logits, ids)
+        return out.logits / self.shard.temperature
+
+    def _forward(self, module: torch.nn.Module, b: SequenceBatch, with_entropy: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self._logits(module, b)
+        logp = token_logprobs(logits, b.input_ids.to(logits.device))
         ent = shifted_entropy(logits) if with_entropy else None
         return logp, ent
 
@@ -214,21 +230,55 @@ class Learner:
         m = self.cfg.micro_batch_size
         return [seq_idx[i: i + m] for i in range(0, len(seq_idx), m)]
 
+    def _responses(self, values: torch.Tensor, micro: list[int], out: list[torch.Tensor]) -> None:
+        """Cut the response part of [n, T] ``values`` into ``out[i]`` for each sequence i."""
+        s = self.shard
+        for row, i in enumerate(micro):
+            p, r = len(s.prompt_ids[i]), len(s.response_ids[i])
+            out[i] = values[row, p: p + r].float().cpu()
+
     @torch.no_grad()
-    def compute_logprobs(self, reference: bool = False) -> list[torch.Tensor]:
-        """Per-sequence log-probs of the response tokens ([len(response)] each), no grad."""
-        engine = self.ref_engine if reference else self.engine
+    def compute_logprobs(self, which: str = "policy") -> list[torch.Tensor]:
+        """Per-sequence log-probs of the response tokens ([len(response)] each), no grad, under
+        the policy, the frozen ``reference`` or the ``ema`` reference."""
+        engine = {"policy": self.engine, "reference": self.ref_engine, "ema": self.ema_engine}[which]
         engine.eval()
         s = self.shard
         out: list[torch.Tensor] = [torch.empty(0)] * len(s.prompt_ids)
         order = [i for mb in s.mini_batches for i in mb]
         for micro in self._micro_batches(order):
-            b = self._collate(micro)
-            logp, _ = self._forward(engine, b, with_entropy=False)
-            for row, i in enumerate(micro):
-                p, r = len(s.prompt_ids[i]), len(s.response_ids[i])
-                out[i] = logp[row, p: p + r].float().cpu()
+            logp, _ = self._forward(engine, self._collate(micro), with_entropy=False)
+            self._responses(logp, micro, out)
         return out
+
+    @torch.no_grad()
+    def compute_views(self) -> dict[str, dict[str, list[torch.Tensor]]]:
+        """For every view of the algorithm, per sequence: ``old_logprobs`` with the view's
+        images and, for ``full_kl`` views, the exact per-token ``kl`` = KL(P ‖ P_view) and
+        ``kl_rev`` = KL(P_view ‖ P) of the full next-token distributions (P: own images).
+        Kept for the update's extras and returned to the driver."""
+        self.engine.eval()
+        s = self.shard
+        n = len(s.prompt_ids)
+        order = [i for mb in s.mini_batches for i in mb]
+        for view in self.algorithm.views():
+            res = {"old_logprobs": [torch.empty(0)] * n}
+            if view.full_kl:
+                res.update(kl=[torch.empty(0)] * n, kl_rev=[torch.empty(0)] * n)
+            for micro in self._micro_batches(order):
+                b = self._collate(micro, view.name)
+                logits_v = self._logits(self.engine, b)
+                ids = b.input_ids.to(logits_v.device)
+                self._responses(token_logprobs(logits_v, ids), micro, res["old_logprobs"])
+                if view.full_kl:
+                    lp = torch.log_softmax(self._logits(self.engine, self._collate(micro))[:, :-1].float(), -1)
+                    lq = torch.log_softmax(logits_v[:, :-1].float(), -1)
+                    kl = (lp.exp() * (lp - lq)).sum(-1)
+                    kl_rev = (lq.exp() * (lq - lp)).sum(-1)
+                    self._responses(torch.nn.functional.pad(kl, (1, 0)), micro, res["kl"])
+                    self._responses(torch.nn.functional.pad(kl_rev, (1, 0)), micro, res["kl_rev"])
+            self._view_out[view.name] = res
+        return self._view_out
 
     def _per_token(self, values: list[torch.Tensor], micro: list[int], like: SequenceBatch) -> torch.Tensor:
         out = torch.zeros_like(like.response_mask)
@@ -247,19 +297,25 @@ class Learner:
         self.engine.train()
         totals: dict[str, float] = {}
         grad_norms, n_mb = [], len(s.mini_batches)
+        grad_views = [v.name for v in self.algorithm.views() if v.with_grad]
         for k, mb in enumerate(s.mini_batches):
             for micro in self._micro_batches(mb):
                 b = self._collate(micro)
                 logp, ent = self._forward(self.engine, b, with_entropy=True)
                 dev = logp.device
-                mask = b.response_mask.to(dev)
+                extras: dict[str, Any] = {"step": s.step, "total_steps": s.total_steps}
+                for name, res in self._view_out.items():
+                    for key, values in res.items():
+                        extras[f"view/{name}/{key}"] = self._per_token(values, micro, b).to(dev)
+                for name in grad_views:
+                    extras[f"view/{name}/logprobs"], _ = self._forward(self.engine, self._collate(micro, name), False)
                 inp = LossInputs(
                     logprobs=logp, old_logprobs=self._per_token(old_logprobs, micro, b).to(dev),
                     ref_logprobs=None if ref_logprobs is None else self._per_token(ref_logprobs, micro, b).to(dev),
-                    advantages=self._per_token(advantages, micro, b).to(dev), response_mask=mask,
+                    advantages=self._per_token(advantages, micro, b).to(dev), response_mask=b.response_mask.to(dev),
                     entropy=ent if self.algorithm.needs_entropy_grad else ent.detach(),
                     num_tokens=s.num_tokens[k], num_seqs=s.num_seqs[k],
-                    max_response_len=s.max_response_len, extras={})
+                    max_response_len=s.max_response_len, extras=extras)
                 res = self.algorithm.loss(inp)
                 self.engine.backward(res.loss * self.gas * self.world_size)
                 self.engine.step()
@@ -268,9 +324,21 @@ class Learner:
             gn = self.engine.get_global_grad_norm()
             grad_norms.append(float(gn) if gn is not None else float("nan"))
             self.optimizer_steps += 1
+            ema = self.algorithm.ema_reference()
+            if ema is not None and self.optimizer_steps % ema.update_every == 0:
+                self._update_ema(ema.decay)
         totals["grad_norm"] = float(np.mean(grad_norms)) / self.world_size  # the driver sums over ranks
         totals["lr"] = float(self.engine.get_lr()[0]) / self.world_size
         return totals
+
+    @torch.no_grad()
+    def _update_ema(self, decay: float) -> None:
+        """φ ← decay·φ + (1 − decay)·θ (GRPO-CARE §4.1). Under ZeRO-3 both models are partitioned
+        identically, so the update runs on each rank's own partitions: elementwise, it equals
+        the authors' update on gathered weights without gathering them."""
+        for p, q in zip(self.engine.module.parameters(), self.ema_engine.module.parameters()):
+            src, dst = (p.ds_tensor, q.ds_tensor) if hasattr(p, "ds_tensor") else (p.data, q.data)
+            dst.lerp_(src.to(dst.dtype), 1.0 - decay)
 
     # ---------------------------------------------------------------- weight sync
     def gather_weights(self, bucket_bytes: int) -> list[Any]:
