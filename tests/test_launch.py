@@ -96,12 +96,20 @@ def test_slurm_brings_up_ray_on_every_node_then_trains(fakes: tuple[Path, dict[s
     out = subprocess.run(["bash", "launch/slurm.sbatch", "experiment=grpo_qwen2_5_vl_7b"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    calls = _calls(log)
-    assert any(c.startswith("ray start --head") and c.endswith("--block") for c in calls)
+    import time
+
+    for _ in range(50):  # the `ray start` steps run in the background (they block on a real cluster)
+        calls = _calls(log)
+        if len(calls) >= 4:
+            break
+        time.sleep(0.1)
+    assert any(c.startswith("ray start --head") and c.endswith("--block") for c in calls), calls
     assert any(c.startswith("ray start --address=") and c.endswith(":6379 --num-gpus=8 --block") for c in calls)
-    assert "fake-python - 16" in calls  # waits for 2 nodes x 8 GPUs
-    assert calls[-1] == ("rl-vlm train cluster.address=auto cluster.device=gpu cluster.num_nodes=2 "
-                         "cluster.gpus_per_node=8 experiment=grpo_qwen2_5_vl_7b")
+    waits = [i for i, c in enumerate(calls) if c == "fake-python - 16"]  # waits for 2 nodes x 8 GPUs
+    trains = [i for i, c in enumerate(calls) if c.startswith("rl-vlm")]
+    assert len(waits) == 1 and len(trains) == 1 and waits[0] < trains[0]
+    assert calls[trains[0]] == ("rl-vlm train cluster.address=auto cluster.device=gpu cluster.num_nodes=2 "
+                                "cluster.gpus_per_node=8 experiment=grpo_qwen2_5_vl_7b")
 
 
 # ------------------------------------------------------------------------------------ Dockerfile
