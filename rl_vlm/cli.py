@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=DEFAULT_DATA_DIR)
     s = sub.add_parser("setup-cpu-demo", help="prepare-data + build-tiny-model into artifacts/ if missing")
     s.add_argument("--seed", type=int, default=0)
+    x = sub.add_parser("export", help="write a Hugging Face model directory from a training checkpoint")
+    x.add_argument("checkpoint", help="a checkpoint directory (runs/x/checkpoints/step_N) or a run directory")
+    x.add_argument("out_dir")
+    x.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     w = sub.add_parser("sweep-summary", help="(re)write summary.csv/.md of a multirun directory")
     w.add_argument("sweep_dir")
     w.add_argument("--metric", default="val/accuracy")
@@ -149,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "sweep-summary":
         return _write_sweep_summary(args.sweep_dir, args.metric, args.mode)
+    if args.cmd == "export":
+        from rl_vlm.export import export_checkpoint
+
+        print(export_checkpoint(args.checkpoint, args.out_dir, args.dtype))
+        return 0
     if args.cmd == "build-tiny-model":
         _build_model(args.out, args.seed, args.warm_start_steps)
     elif args.cmd == "prepare-data":

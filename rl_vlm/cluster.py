@@ -10,7 +10,13 @@ from typing import Any
 import torch
 
 from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch
-from rl_vlm.config import ClusterConfig, Config, ConfigError, LearnerConfig, RolloutConfig
+from rl_vlm.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    LearnerConfig,
+    RolloutConfig,
+)
 from rl_vlm.placement import GpuPlacement, plan_gpus
 
 # Env for every actor process: one thread per process on a small CPU box; vLLM in-process.
@@ -94,8 +100,19 @@ def _strategy(pg: Any, index: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------ rollout
+class WorkerFailure(RuntimeError):
+    """A learner rank died: the driver restarts the system from the newest checkpoint."""
+
+
 class RolloutGroup:
-    """``rollout.num_engines`` vLLM engines; a step's prompts are split across them evenly."""
+    """``rollout.num_engines`` vLLM engines; a step's prompts are split across them evenly.
+
+    An engine whose actor dies (process killed, node lost) is restarted in its bundle, loaded
+    with the current weights (the last synced buckets stay in the object store for this) and
+    its share of the work is retried, up to ``MAX_RETRIES`` times per call.
+    """
+
+    MAX_RETRIES = 3
 
     def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
         import ray
@@ -106,25 +123,67 @@ class RolloutGroup:
             def load_buckets(self, refs: list[Any], version: int) -> int:
                 return self.update_weights(ray.get(list(refs)), version)
 
-        self.cfg = cfg.rollout
+            def pid(self) -> int:
+                return os.getpid()
+
+        self.cfg, self._full_cfg, self._device = cfg.rollout, cfg, device
         self.pg = _placement_group(layout.rollout_bundles, "rl_vlm_rollout")
-        actor_cls = ray.remote(RolloutActor)
-        self.actors = [
-            actor_cls.options(num_cpus=b.get("CPU", 1), num_gpus=b.get("GPU", 0),
-                              scheduling_strategy=_strategy(self.pg, i)).remote(
-                cfg.model.path, cfg.rollout, cfg.trainer.seed + 1000 * i, device)
-            for i, b in enumerate(layout.rollout_bundles)]
+        self._bundles = layout.rollout_bundles
+        self._actor_cls = ray.remote(RolloutActor)
+        self.actors = [self._start(i) for i in range(len(self._bundles))]
         self.weight_version = 0
+        self._refs: list[Any] = []
+        self.restarts = 0
+
+    def _start(self, i: int) -> Any:
+        b = self._bundles[i]
+        return self._actor_cls.options(num_cpus=b.get("CPU", 1), num_gpus=b.get("GPU", 0),
+                                       scheduling_strategy=_strategy(self.pg, i)).remote(
+            self._full_cfg.model.path, self.cfg, self._full_cfg.trainer.seed + 1000 * i, self._device)
+
+    def _restart(self, i: int) -> None:
+        import logging
+
+        import ray
+
+        logging.getLogger("rl_vlm.cluster").warning(
+            "rollout engine %d died; restarting it and loading weight version %d", i, self.weight_version)
+        ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = self._start(i)
+        self.restarts += 1
+        if self._refs:
+            ray.get(self.actors[i].load_buckets.remote(self._refs, self.weight_version))
+
+    def _call(self, method: str, args_per_actor: dict[int, tuple]) -> dict[int, Any]:
+        """``actor.method(*args)`` on the given actors, restarting dead ones and retrying."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pending = dict(args_per_actor)
+        results: dict[int, Any] = {}
+        for _ in range(self.MAX_RETRIES + 1):
+            futures = {i: getattr(self.actors[i], method).remote(*a) for i, a in pending.items()}
+            failed = []
+            for i, f in futures.items():
+                try:
+                    results[i] = ray.get(f)
+                except RayActorError:
+                    failed.append(i)
+            if not failed:
+                return results
+            for i in failed:
+                self._restart(i)
+            pending = {i: pending[i] for i in failed}
+        raise WorkerFailure(f"rollout engines {sorted(pending)} kept dying after {self.MAX_RETRIES} restarts")
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float,
                  seed: int) -> RolloutBatch:
-        import ray
-
         k = len(self.actors)
         chunks = [prompts[i * len(prompts) // k: (i + 1) * len(prompts) // k] for i in range(k)]
-        futures = [a.generate.remote(c, n, temperature, top_p, self.cfg.max_new_tokens, seed + 7919 * i)
-                   for i, (a, c) in enumerate(zip(self.actors, chunks)) if c]
-        samples = [s for part in ray.get(futures) for s in part]
+        args = {i: (c, n, temperature, top_p, self.cfg.max_new_tokens, seed + 7919 * i)
+                for i, c in enumerate(chunks) if c}
+        parts = self._call("generate", args)
+        samples = [s for i in sorted(parts) for s in parts[i]]
         return RolloutBatch(
             prompts=prompts, group_size=n,
             prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.response_ids for s in samples],
@@ -133,19 +192,24 @@ class RolloutGroup:
 
     def load_weights(self, refs: list[Any], version: int) -> list[int]:
         """Every engine loads the buckets; returns the version each engine reports."""
-        import ray
-
-        versions = ray.get([a.load_buckets.remote(refs, version) for a in self.actors])
-        self.weight_version = version
-        return versions
+        self._refs, self.weight_version = refs, version
+        versions = self._call("load_buckets", {i: (refs, version) for i in range(len(self.actors))})
+        return [versions[i] for i in sorted(versions)]
 
     def call(self, method: str, *args: Any) -> list[Any]:
-        import ray
-
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        out = self._call(method, {i: args for i in range(len(self.actors))})
+        return [out[i] for i in sorted(out)]
 
 
 # ------------------------------------------------------------------------------------ learner
+def _intern(imgs: list[Any], images: list[list[Any]], distinct: dict[int, int]) -> int:
+    """Index of the image list ``imgs`` in ``images``, appending it the first time it is seen."""
+    if id(imgs) not in distinct:
+        distinct[id(imgs)] = len(images)
+        images.append(imgs)
+    return distinct[id(imgs)]
+
+
 class LearnerGroup:
     """``learner.num_ranks`` DeepSpeed ZeRO-3 ranks forming one process group."""
 
@@ -167,8 +231,30 @@ class LearnerGroup:
         addr, port = ray.get(self.actors[0].free_address.remote())
         per_rank = cfg.learner.mini_batch_size * cfg.rollout.n // n
         gas = per_rank // cfg.learner.micro_batch_size
-        counts = ray.get([a.init.remote(addr, port, gas) for a in self.actors])
+        counts = self._get([a.init.remote(addr, port, gas) for a in self.actors])
         self.num_params = counts[0]
+
+    @staticmethod
+    def _get(futures: list[Any]) -> list[Any]:
+        """ray.get, turning a dead rank into :class:`WorkerFailure` (the group cannot continue
+        without it: the survivors would hang in the next collective)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            return ray.get(futures)
+        except RayActorError as e:
+            raise WorkerFailure(f"a learner rank died: {e}") from e
+
+    def save_checkpoint(self, path: str) -> None:
+        """Every rank writes its shards into checkpoint directory ``path`` (returns when all did)."""
+        self._get([a.save_checkpoint.remote(path) for a in self.actors])
+
+    def load_checkpoint(self, path: str) -> None:
+        self._get([a.load_checkpoint.remote(path) for a in self.actors])
+
+    def pids(self) -> list[int]:
+        return self._get([a.pid.remote() for a in self.actors])
 
     def set_batch(self, batch: LearnerBatch, mini_batch_size: int, group_size: int, max_response_len: int,
                   temperature: float, step: int, total_steps: int) -> None:
@@ -176,7 +262,6 @@ class LearnerGroup:
         ``group_size`` sequences) is cut into ``num_ranks`` contiguous slices. Sets
         :attr:`assignment` (per rank, the global sequence indices it got) and the statistic units
         :attr:`micro_batches` / :attr:`device_mini_batches` (global indices)."""
-        import ray
 
         from rl_vlm.workers.learner import RankShard
 
@@ -201,23 +286,17 @@ class LearnerGroup:
         futures = []
         for r, actor in enumerate(self.actors):
             sel = assignment[r]
-            distinct: dict[int, int] = {}  # id(image list) -> local index; a group shares its list
             images: list[list[Any]] = []
-
-            def local(imgs: list[Any]) -> int:
-                if id(imgs) not in distinct:
-                    distinct[id(imgs)] = len(images)
-                    images.append(imgs)
-                return distinct[id(imgs)]
-
+            distinct: dict[int, int] = {}  # id(image list) -> index in images; a group shares its list
+            image_index = [_intern(batch.images[i], images, distinct) for i in sel]
+            view_index = {name: [_intern(v[i], images, distinct) for i in sel] for name, v in batch.view_images.items()}
             shard = RankShard(
-                images=images, image_index=[local(batch.images[i]) for i in sel],
-                view_index={name: [local(v[i]) for i in sel] for name, v in batch.view_images.items()},
+                images=images, image_index=image_index, view_index=view_index,
                 prompt_ids=[batch.prompt_ids[i] for i in sel], response_ids=[batch.response_ids[i] for i in sel],
                 mini_batches=mbs[r], num_tokens=num_tokens, num_seqs=num_seqs,
                 max_response_len=max_response_len, temperature=temperature, step=step, total_steps=total_steps)
             futures.append(actor.set_batch.remote(shard))
-        ray.get(futures)
+        self._get(futures)
         self.assignment = assignment
 
     def _gather(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -230,21 +309,18 @@ class LearnerGroup:
 
     def compute_logprobs(self, which: str = "policy") -> list[torch.Tensor]:
         """[N] per-sequence response log-probs (``policy``, ``reference`` or ``ema``), global order."""
-        import ray
 
-        return self._gather(ray.get([a.compute_logprobs.remote(which) for a in self.actors]))
+        return self._gather(self._get([a.compute_logprobs.remote(which) for a in self.actors]))
 
     def compute_views(self) -> dict[str, list[torch.Tensor]]:
         """``view/<name>/<key>`` -> [N] per-sequence values of every algorithm view, global order."""
-        import ray
 
-        parts = ray.get([a.compute_views.remote() for a in self.actors])
+        parts = self._get([a.compute_views.remote() for a in self.actors])
         return {f"view/{name}/{key}": self._gather([p[name][key] for p in parts])
                 for name, res in parts[0].items() for key in res}
 
     def update(self, advantages: list[torch.Tensor], old: list[torch.Tensor],
                ref: list[torch.Tensor] | None) -> dict[str, float]:
-        import ray
 
         futures = []
         for r, a in enumerate(self.actors):
@@ -252,18 +328,16 @@ class LearnerGroup:
             futures.append(a.update.remote([advantages[i] for i in sel], [old[i] for i in sel],
                                            None if ref is None else [ref[i] for i in sel]))
         metrics: dict[str, float] = {}
-        for part in ray.get(futures):
+        for part in self._get(futures):
             for k, v in part.items():
                 metrics[k] = metrics.get(k, 0.0) + v
         return metrics
 
     def gather_weights(self, bucket_bytes: int = 64 << 20) -> list[Any]:
-        import ray
 
-        return ray.get([a.gather_weights.remote(bucket_bytes) for a in self.actors])[0]
+        return self._get([a.gather_weights.remote(bucket_bytes) for a in self.actors])[0]
 
     def save_hf(self, out_dir: str) -> None:
-        import ray
 
         os.makedirs(out_dir, exist_ok=True)
-        ray.get([a.save_hf.remote(out_dir) for a in self.actors])
+        self._get([a.save_hf.remote(out_dir) for a in self.actors])

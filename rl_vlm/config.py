@@ -353,6 +353,19 @@ class TrainerConfig:
     """Empty = the basename of ``output_dir``."""
     save_final_model: bool = False
     """Write a Hugging Face directory of the final policy to ``<output_dir>/final``."""
+    save_every: int = 0
+    """Checkpoint every N steps (and on SIGTERM/Ctrl-C and at the end); 0 = only at those two."""
+    keep_last: int = 2
+    """Complete checkpoints kept under ``<output_dir>/checkpoints``; older ones are pruned after a
+    new one is complete. 0 = keep all."""
+    resume: str = "auto"
+    """``auto``: continue from the newest complete checkpoint in ``output_dir`` if there is one;
+    ``off``: start fresh (refused if checkpoints exist, so a run is never silently overwritten);
+    or a checkpoint / run directory path."""
+    max_restarts: int = 2
+    """A dead learner rank makes the driver restart the whole system from the newest checkpoint
+    at most this many times before it stops with a message; dead rollout engines are restarted
+    in place without counting."""
     seed_per_run: bool = False
     """Multirun (``rl-vlm train -m``): False = every run uses ``seed`` (runs differ only in the swept
     keys); True = run number j uses ``seed + j``. See docs/sweeps.md."""
@@ -510,6 +523,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
     _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")
     _require(t.val_every >= 0, "trainer.val_every", "must be >= 0")
+    _require(t.save_every >= 0, "trainer.save_every", "must be >= 0")
+    _require(t.keep_last >= 0, "trainer.keep_last", "must be >= 0")
+    _require(t.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
     m = cfg.model
     _require(not l.offload_params or l.zero_stage == 3, "learner.offload_params",
              f"parameter offload needs learner.zero_stage=3, got {l.zero_stage}")

@@ -20,8 +20,24 @@ import torch
 
 from rl_vlm.algorithms import build_algorithm
 from rl_vlm.batch import Prompt, RolloutBatch
+from rl_vlm.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    check_resume_config,
+    install_stop_handler,
+    rng_state,
+    save_torch_atomic,
+    set_rng_state,
+)
+from rl_vlm.cluster import WorkerFailure
 from rl_vlm.config import Config, resolve_device, to_dict, validate
-from rl_vlm.experience import answer_mask, branch_of, learner_batch, pad_responses, with_rollout_views
+from rl_vlm.experience import (
+    answer_mask,
+    branch_of,
+    learner_batch,
+    pad_responses,
+    with_rollout_views,
+)
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.tracking import PhaseTimer, Tracker
 
@@ -152,6 +168,7 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         "rollout/logprob_diff": ((old_pad - roll_pad).abs() * mask).sum().item() / max(mask.sum().item(), 1),
         "rollout/logprob_max_diff": ((old_pad - roll_pad).abs() * mask).max().item(),
         "sync/version_min": float(min(versions)),
+        "rollout/restarts": float(sys_.rollout.restarts),
         "data/epoch": float(sys_.train_sampler.epoch),
         "data/skipped": float(sys_.train_sampler.num_skipped),
         **timer.times,
@@ -186,33 +203,110 @@ def _hook_extras(sys_: System, algorithm: Any, rollout: RolloutBatch, num_raw_pr
 
 
 def train(cfg: Config) -> str:
-    """Run ``cfg`` to completion; returns the run directory."""
+    """Run ``cfg`` to completion; returns the run directory.
+
+    Resumes from ``trainer.resume`` (default: the newest complete checkpoint of the run
+    directory). A learner rank that dies makes the whole system restart from the newest
+    checkpoint, at most ``trainer.max_restarts`` times.
+    """
     validate(cfg)
     run_dir = cfg.trainer.output_dir
     os.makedirs(run_dir, exist_ok=True)
+    store = CheckpointStore(run_dir, cfg.trainer.keep_last)
+    resume_from = _resume_point(cfg, store)
+    for restart in range(cfg.trainer.max_restarts + 1):
+        try:
+            return _run(cfg, store, resume_from)
+        except WorkerFailure as e:
+            _shutdown()
+            resume_from = store.latest()
+            where = f"checkpoint {resume_from}" if resume_from else "the start (no checkpoint yet)"
+            if restart == cfg.trainer.max_restarts:
+                raise RuntimeError(f"{e}; gave up after trainer.max_restarts={cfg.trainer.max_restarts} restarts. "
+                                   f"Relaunch the same command to resume from {where}") from e
+            log.warning("%s; restarting from %s (restart %d of %d)", e, where, restart + 1,
+                        cfg.trainer.max_restarts)
+    raise AssertionError("unreachable")
+
+
+def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
+    t, run_dir = cfg.trainer, cfg.trainer.output_dir
     _write_resolved_config(cfg, run_dir)
     algorithm = build_algorithm(cfg.algorithm)
     sys_ = build_system(cfg)
-    tracker = Tracker(cfg.trainer, run_dir, to_dict(cfg), cfg.trainer.total_steps)
+    start = restore_checkpoint(sys_, resume_from) if resume_from else 0
+    tracker = Tracker(t, run_dir, to_dict(cfg), t.total_steps, start_step=start)
+    stop = install_stop_handler()  # after ray.init, which installs its own SIGTERM handler
     tracker.write(f"run dir {run_dir}: {sys_.learners.num_params / 1e6:.2f} M parameters, "
-                  f"{len(sys_.val_prompts)} validation prompts")
+                  f"{len(sys_.val_prompts)} validation prompts"
+                  + (f"; resumed from {resume_from} at step {start}" if resume_from else ""))
     try:
-        t = cfg.trainer
-        if t.val_every and t.val_before_train:
+        if t.val_every and t.val_before_train and start == 0:
             tracker.log(0, run_validation(sys_))
-        for step in range(1, t.total_steps + 1):
+        for step in range(start + 1, t.total_steps + 1):
             metrics = train_step(sys_, algorithm, step)
             if t.val_every and (step % t.val_every == 0 or step == t.total_steps):
                 metrics.update(run_validation(sys_))
-            tracker.log(step, metrics)
+            tracker.log(step, metrics)  # before the save: a checkpoint never precedes its metrics
             tracker.advance(1, {k: metrics[k] for k in ("reward/mean", "perf/step_s") if k in metrics})
-        if t.save_final_model:
-            sys_.learners.save_hf(os.path.join(run_dir, "final"))
+            if (t.save_every and step % t.save_every == 0) or step == t.total_steps or stop():
+                tracker.write(save_checkpoint(sys_, store, step))
+            if stop():
+                tracker.write(f"stopped by {stop.signal_name} after step {step}; relaunch the same command to resume")
+                break
+        else:
+            if t.save_final_model:
+                sys_.learners.save_hf(os.path.join(run_dir, "final"))
     finally:
+        stop.restore()
         tracker.close()
         sys_.rewards.close()
         _shutdown()
     return run_dir
+
+
+def save_checkpoint(sys_: System, store: CheckpointStore, step: int) -> str:
+    """Write the complete state after ``step`` atomically: learner shards (model, optimizer,
+    scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version) + config."""
+    t0 = time.perf_counter()
+    with store.begin(step) as ck:
+        sys_.learners.save_checkpoint(ck.path)
+        save_torch_atomic(os.path.join(ck.path, "driver.pt"), {
+            "step": step, "sampler": sys_.train_sampler.state_dict(), "rng": rng_state(),
+            "weight_version": sys_.rollout.weight_version})
+        _write_resolved_config(sys_.cfg, ck.path)
+        # Fault injection for tests: widen the window in which a crash hits a half-written save.
+        time.sleep(float(os.environ.get("RL_VLM_FAULT_SAVE_SLEEP_S", "0")))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ck.final_path) for f in fs)
+    return f"checkpoint {ck.final_path}: {size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s"
+
+
+def restore_checkpoint(sys_: System, path: str) -> int:
+    """Load checkpoint ``path`` into the running system; returns the step it was taken after."""
+    sys_.learners.load_checkpoint(path)
+    state = torch.load(os.path.join(path, "driver.pt"), weights_only=False)
+    sys_.train_sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    sys_.rollout.load_weights(sys_.learners.gather_weights(), state["weight_version"])
+    return int(state["step"])
+
+
+def _resume_point(cfg: Config, store: CheckpointStore) -> str | None:
+    """The checkpoint to resume from, after checking the config may change as it does."""
+    import yaml
+
+    path = store.resolve(cfg.trainer.resume)
+    if cfg.trainer.resume == "off" and store.latest():
+        raise CheckpointError(f"trainer.resume=off but {cfg.trainer.output_dir} already holds checkpoints "
+                              f"(newest: {store.latest()}); use trainer.resume=auto to continue it, or a new "
+                              "trainer.output_dir to start over")
+    if path is None:
+        return None
+    with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    for line in check_resume_config(saved, to_dict(cfg)):
+        log.warning("resume from %s applies a config change: %s", path, line)
+    return path
 
 
 def evaluate(cfg: Config) -> dict[str, float]:

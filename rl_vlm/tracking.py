@@ -7,8 +7,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rl_vlm.config import TrainerConfig
 
@@ -38,6 +39,9 @@ class Tracker:
         self.cfg = cfg
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        # A resumed (or restarted) run re-does the steps after its checkpoint: drop their records
+        # so every step appears exactly once.
+        _truncate_metrics(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._bar = None
         if cfg.progress_bar:
@@ -48,8 +52,18 @@ class Tracker:
         if cfg.wandb_mode != "disabled":
             import wandb
 
+            # The run id lives in the run directory, so a resumed run continues the same wandb run.
+            id_file = os.path.join(run_dir, "wandb_run_id")
+            if start_step > 0 and os.path.exists(id_file):
+                with open(id_file, encoding="utf-8") as f:
+                    run_id = f.read().strip()
+            else:
+                run_id = wandb.util.generate_id()
+                with open(id_file, "w", encoding="utf-8") as f:
+                    f.write(run_id)
             self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(run_dir),
-                                     dir=run_dir, mode=cfg.wandb_mode, config=config_dict)
+                                     dir=run_dir, mode=cfg.wandb_mode, config=config_dict, id=run_id,
+                                     resume="allow")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
@@ -80,6 +94,26 @@ class Tracker:
         self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Keep only the records of steps <= ``last_step`` (atomically; a torn last line is dropped)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError):
+                continue
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _clean(v: Any) -> Any:

@@ -78,7 +78,14 @@ def algorithm_class(name: str) -> type[Algorithm]:
 
 def build_algorithm(cfg: AlgorithmConfig) -> Algorithm:
     """Instantiate the algorithm named by ``cfg.name``; unknown names list the valid ones."""
-    return algorithm_class(cfg.name)(cfg)
+    cls = algorithm_class(cfg.name)
+    parts = parse_name(cfg.name)
+    if "vogue" in parts and len(parts) > 1 and cfg.vogue.mode == "paper":
+        # Its extra noisy-branch rollouts and per-sample selection change the batch that the
+        # other variants' statistics (groups, masks, EMA scores) assume.
+        raise ValueError(f"algorithm.name={cfg.name!r}: VOGUE's paper mode (algorithm.vogue.mode=paper) "
+                         "cannot be composed; use algorithm.vogue.mode=code")
+    return cls(cfg)
 
 
 __all__ = ["ALGORITHMS", "COMPATIBLE", "Algorithm", "EmaSpec", "LossInputs", "LossOutput", "LossTerm",

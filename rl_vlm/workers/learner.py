@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,11 @@ class RankShard:
     total_steps: int = 0
 
 
+def _partition(p: torch.nn.Parameter) -> torch.Tensor:
+    """The part of ``p`` this rank holds: its ZeRO-3 partition, or the whole tensor below stage 3."""
+    return p.ds_tensor.data if hasattr(p, "ds_tensor") else p.data
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -91,6 +96,9 @@ class Learner:
         self.optimizer_steps = 0
 
     # ---------------------------------------------------------------- setup
+    def pid(self) -> int:
+        return os.getpid()
+
     @staticmethod
     def free_address() -> tuple[str, int]:
         """This node's IP and a free TCP port, for the process-group rendezvous."""
@@ -337,8 +345,8 @@ class Learner:
         identically, so the update runs on each rank's own partitions: elementwise, it equals
         the authors' update on gathered weights without gathering them."""
         for p, q in zip(self.engine.module.parameters(), self.ema_engine.module.parameters()):
-            src, dst = (p.ds_tensor, q.ds_tensor) if hasattr(p, "ds_tensor") else (p.data, q.data)
-            dst.lerp_(src.to(dst.dtype), 1.0 - decay)
+            dst = _partition(q)
+            dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
 
     # ---------------------------------------------------------------- weight sync
     def gather_weights(self, bucket_bytes: int) -> list[Any]:
@@ -375,6 +383,44 @@ class Learner:
         if group:
             flush_group()
         return refs
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: str) -> None:
+        """Write this rank's share of the learner state into checkpoint directory ``path``
+        (collective: every rank must call). DeepSpeed writes the ZeRO-3 shards of the model,
+        the optimizer and the LR scheduler under ``learner/``; beside them go this rank's EMA
+        partitions (GRPO-CARE), its RNG states and its optimizer-step counter. Rank 0 also
+        writes the HF config and processor that ``rl-vlm export`` needs."""
+        from rl_vlm.checkpoint import rng_state
+
+        self.engine.save_checkpoint(path, tag="learner", save_latest=False,
+                                    client_state={"optimizer_steps": self.optimizer_steps})
+        state: dict[str, Any] = {"rng": rng_state(), "optimizer_steps": self.optimizer_steps}
+        if self.ema_engine is not None:
+            state["ema"] = [_partition(q).clone() for q in self.ema_engine.module.parameters()]
+        torch.save(state, os.path.join(path, f"rank{self.rank}.pt"))
+        if self.rank == 0:
+            self.engine.module.config.save_pretrained(os.path.join(path, "hf"))
+            self.processor.save_pretrained(os.path.join(path, "hf"))
+
+    def load_checkpoint(self, path: str) -> int:
+        """Restore what :meth:`save_checkpoint` wrote (collective); returns the optimizer step."""
+        from rl_vlm.checkpoint import set_rng_state
+
+        load_path, _ = self.engine.load_checkpoint(path, tag="learner", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed found no learner state under {path}/learner")
+        state = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
+        if self.ema_engine is not None:
+            if "ema" not in state:
+                raise RuntimeError(f"{path} holds no EMA reference model but the algorithm needs one")
+            with torch.no_grad():
+                for q, saved in zip(self.ema_engine.module.parameters(), state["ema"]):
+                    _partition(q).copy_(saved)
+        self.optimizer_steps = int(state["optimizer_steps"])
+        set_rng_state(state["rng"])
+        return self.optimizer_steps
 
     def save_hf(self, out_dir: str) -> None:
         """Write a Hugging Face directory (weights, config, processor) of the current policy."""

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rl_vlm.batch import Prompt
-from rl_vlm.config import RolloutConfig
+from rl_vlm.config import RolloutConfig, resolve_rollout_dtype
 
 
 @dataclass
@@ -38,13 +38,12 @@ class RolloutEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
         from vllm import LLM
 
-        kwargs: dict[str, Any] = {}
+        # rollout.dtype=auto: bf16 on GPU; fp32 on CPU like the CPU learner, so engine and learner
+        # log-probs agree closely.
+        kwargs: dict[str, Any] = {"dtype": resolve_rollout_dtype(cfg.dtype, device)}
         if device == "gpu":
-            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, dtype="bfloat16",
+            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization,
                           tensor_parallel_size=cfg.tensor_parallel_size)
-        else:
-            # fp32 like the CPU learner, so engine and learner log-probs agree closely.
-            kwargs.update(dtype="float32")
         self.cfg = cfg
         # No chunked prefill: vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset")
         # when a request with its own seed is split across scheduler steps.

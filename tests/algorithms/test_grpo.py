@@ -233,3 +233,18 @@ def test_extra_term_name_collision_raises() -> None:
 def test_bad_config_strings_are_rejected_at_construction() -> None:
     with pytest.raises(ValueError, match="loss_agg"):
         Algorithm(dataclasses.replace(AlgorithmConfig(), loss_agg="seq"))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- composition
+def test_invalid_compositions_fail_at_config_time_naming_the_key() -> None:
+    from rl_vlm.compose import compose
+    from rl_vlm.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"algorithm.name 'vppo\+vogue': vppo and vogue cannot be composed"):
+        validate(compose(["algorithm=vppo", "algorithm.name=vppo+vogue"]), check_paths=False)
+    with pytest.raises(ConfigError, match=r"algorithm.name='care\+vogue'.*paper mode"):
+        validate(compose(["algorithm=vogue_paper", "algorithm.name=care+vogue"]), check_paths=False)
+    cfg = validate(compose(["algorithm=papo_vppo"]), check_paths=False)
+    algo = build_algorithm(cfg.algorithm)
+    # Both variants' masked views run (two extra forwards), one each.
+    assert sorted(v.name for v in algo.views()) == ["papo_mask", "vppo_mask"]
