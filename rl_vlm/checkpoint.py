@@ -565,6 +565,7 @@ FIXED_ON_RESUME: dict[str, str] = {
     "data.shuffle": "the sampler order depends on it",
     "trainer.seed": "the sampler order and the rollout seeds depend on it",
     "rollout.n": "group sizes of the remaining steps would differ from the saved run",
+    "curriculum.stages": "the saved stage and sampler positions refer to the saved stages",
 }
 """Keys a resumed run cannot change, with the reason given in the error."""
 

@@ -333,6 +333,20 @@ class LearnerGroup:
                 metrics[k] = metrics.get(k, 0.0) + v
         return metrics
 
+    def sft_update(self, weights: list[float], response_lengths: list[int]) -> dict[str, float]:
+        """Supervised update on the batch of the last :meth:`set_batch`: ``weights`` [N] (1 =
+        train on the sequence, 0 = padding), ``response_lengths`` [N]; metrics summed over ranks."""
+        W = self.world_size
+        num_tokens = [float(sum(weights[i] * response_lengths[i] for part in self.device_mini_batches[m: m + W]
+                                for i in part)) for m in range(0, len(self.device_mini_batches), W)]
+        futures = [a.sft_update.remote([weights[i] for i in self.assignment[r]], num_tokens)
+                   for r, a in enumerate(self.actors)]
+        metrics: dict[str, float] = {}
+        for part in self._get(futures):
+            for k, v in part.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        return metrics
+
     def gather_weights(self, bucket_bytes: int = 64 << 20) -> list[Any]:
 
         return self._get([a.gather_weights.remote(bucket_bytes) for a in self.actors])[0]

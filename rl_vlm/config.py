@@ -60,6 +60,21 @@ class DataConfig:
     """Prompts longer than this (in tokens, image tokens included) are skipped and counted."""
     shuffle: bool = True
     """Reshuffle the training rows every epoch (seeded by ``trainer.seed``)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose ``filter_key`` values are all equal (or whose mean
+    is outside (``filter_low``, ``filter_high``)) and draw further batches of prompts until
+    ``rollout_batch_size`` groups are kept (see :func:`rl_vlm.curriculum.sample_groups`)."""
+    filter_key: str = "overall"
+    """What dynamic sampling filters on: ``overall`` (the weighted reward) or a reward sub-score key
+    (e.g. ``accuracy``, EasyR1's ``online_filtering`` choice)."""
+    filter_low: float | None = None
+    """Keep a group only if mean(filter_key) > filter_low (EasyR1: 0.01); None = no lower bound."""
+    filter_high: float | None = None
+    """Keep a group only if mean(filter_key) < filter_high (EasyR1: 0.99); None = no upper bound."""
+    max_sampling_tries: int = 4
+    """Generation rounds per step at most (the first included). When they are used up the batch is
+    filled with the best rejected groups (largest spread of filter_key) and ``data/sampling_capped``
+    is 1 for that step."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +327,74 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class DataSourceConfig:
+    """One source of a curriculum stage's data mixture: files, or a task of ``data.train_files``."""
+
+    files: tuple[str, ...] = ()
+    """JSONL/Parquet files (relative to the working directory, like ``data.train_files``)."""
+    task: str = ""
+    """Instead of ``files``: the rows of ``data.train_files`` whose ``task`` field equals this."""
+    weight: float = 1.0
+    """Share of the stage's prompts drawn from this source (normalised over the stage's sources)."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One curriculum stage (Curr-ReFT, algorithms.md §6): data mixture, rewards and length."""
+
+    name: str = ""
+    """Shown in the console line at the switch; empty = ``stage<i>``."""
+    type: Literal["rl", "sft"] = "rl"
+    """``rl``: training steps of the configured algorithm; ``sft``: rejection-sampling
+    self-improvement: sample with the current policy, keep the responses whose accuracy sub-score is
+    >= ``sft_threshold`` and take a supervised step (token-mean NLL) on them."""
+    steps: int = 0
+    """Length in training steps; set exactly one of ``steps`` and ``epochs``."""
+    epochs: float = 0.0
+    """Length in passes over the stage's rows: ceil(epochs * rows / data.rollout_batch_size) steps."""
+    sources: tuple[DataSourceConfig, ...] = ()
+    """The stage's data mixture; empty = ``data.train_files``."""
+    reward: RewardConfig | None = None
+    """The stage's reward functions and per-task routing (``functions``, ``by_task``,
+    ``accuracy_key``); None = the run's ``reward``. ``num_workers``/``timeout_s`` are always the
+    run's."""
+    reward_set: str = ""
+    """Instead of ``reward``: a set of the run's ``reward.by_task`` that scores every row of the
+    stage (no routing)."""
+    prompt_template: str = ""
+    """Prompt template of the stage's rows; empty = ``data.prompt_template``."""
+    sft_threshold: float = 1.0
+    """``sft`` stages: keep responses whose accuracy sub-score is >= this."""
+
+
+@dataclass(frozen=True)
+class DifficultyConfig:
+    """Difficulty-aware sampling: an online pass-rate estimate per row uid or per task, used to
+    favour the learnable frontier (pass rate near 0.5); see :mod:`rl_vlm.curriculum`."""
+
+    mode: Literal["off", "uid", "task"] = "off"
+    """``uid``: one estimate per row (its ``uid``); ``task``: one per ``task`` field (else per
+    source); ``off``: uniform sampling (weights of the sources only)."""
+    ema: float = 0.5
+    """p <- (1 - ema) * p + ema * pass_rate of the newest group; the first group sets p."""
+    floor: float = 0.1
+    """A candidate row is kept with probability floor + (1 - floor) * 4 p (1 - p): 1 at p = 0.5
+    and for unseen rows, ``floor`` at p = 0 or 1."""
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    """A staged curriculum (``configs/curriculum/*.yaml``); no stages = one implicit stage over
+    ``data.train_files`` with the run's ``reward`` (today's behaviour)."""
+
+    name: str = "none"
+    stages: tuple[StageConfig, ...] = ()
+    """Ordered stages; the run moves on at each stage's length; the last one runs until
+    ``trainer.total_steps``."""
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     address: str = "local"
     """``local`` starts a private Ray instance; ``auto`` or ``ray://host:port`` joins an existing one."""
@@ -383,6 +466,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -557,6 +641,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         _require(need <= c.num_cpus, "cluster.num_cpus",
                  f"pools need {need} CPUs (rollout {r.num_engines} x {c.rollout_cpus_per_engine} + "
                  f"learner {l.num_ranks} x {c.learner_cpus_per_rank}) but cluster.num_cpus={c.num_cpus}")
+    _validate_sampling(cfg, check_paths)
     if check_paths:
         _require(os.path.isdir(cfg.model.path) or _looks_like_hub_id(cfg.model.path), "model.path",
                  f"{cfg.model.path!r} is not a directory (build the tiny model with `rl-vlm build-tiny-model`)")
@@ -564,6 +649,57 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
             key = "data.train_files" if i < len(d.train_files) else "data.val_files"
             _require(os.path.exists(f), key, f"{f!r} does not exist (create easy-VQA files with `rl-vlm prepare-data`)")
     return cfg
+
+
+def _validate_sampling(cfg: Config, check_paths: bool) -> None:
+    """Dynamic sampling (``data.*``) and the curriculum (``curriculum.*``)."""
+    d, cur = cfg.data, cfg.curriculum
+    _require(d.max_sampling_tries >= 1, "data.max_sampling_tries", f"must be >= 1, got {d.max_sampling_tries}")
+    if d.filter_low is not None and d.filter_high is not None:
+        _require(d.filter_low < d.filter_high, "data.filter_low",
+                 f"{d.filter_low} must be < data.filter_high={d.filter_high}")
+    if d.dynamic_sampling:
+        from rl_vlm.algorithms import build_algorithm
+
+        _require(not build_algorithm(cfg.algorithm).rollout_views(), "data.dynamic_sampling",
+                 f"algorithm {cfg.algorithm.name} samples extra rollout-view groups per prompt; "
+                 "dynamic sampling filters plain groups only")
+    diff = cur.difficulty
+    _require(0 < diff.ema <= 1, "curriculum.difficulty.ema", f"must be in (0, 1], got {diff.ema}")
+    _require(0 < diff.floor <= 1, "curriculum.difficulty.floor", f"must be in (0, 1], got {diff.floor}")
+    from rl_vlm.data.prompt import TEMPLATES  # here: keeps this module import-light
+
+    for i, s in enumerate(cur.stages):
+        key = f"curriculum.stages[{i}]"
+        _require((s.steps > 0) != (s.epochs > 0), f"{key}.steps",
+                 f"stage {s.name or i!r} needs exactly one positive length: steps={s.steps}, epochs={s.epochs}")
+        _require(s.steps >= 0 and s.epochs >= 0, f"{key}.steps", "lengths must be >= 0")
+        _require(not (s.reward is not None and s.reward_set), f"{key}.reward_set",
+                 "set either reward or reward_set, not both")
+        if s.reward_set:
+            _require(s.reward_set in cfg.reward.by_task, f"{key}.reward_set",
+                     f"{s.reward_set!r} is not a set of reward.by_task (sets: {sorted(cfg.reward.by_task)})")
+        funcs = (cfg.reward.by_task[s.reward_set] if s.reward_set else
+                 s.reward.functions if s.reward is not None else cfg.reward.functions)
+        acc = s.reward.accuracy_key if s.reward is not None else cfg.reward.accuracy_key
+        _require(acc == cfg.reward.accuracy_key, f"{key}.reward.accuracy_key",
+                 f"must equal reward.accuracy_key={cfg.reward.accuracy_key!r} (validation and metrics use it)")
+        _require(any((f.key or f.name) == acc for f in funcs), f"{key}.reward",
+                 f"the stage's default function set has no function with key {acc!r} (reward.accuracy_key)")
+        _require(not s.prompt_template or s.prompt_template in TEMPLATES, f"{key}.prompt_template",
+                 f"unknown template {s.prompt_template!r}; known: {sorted(TEMPLATES)}")
+        _require(s.type == "rl" or 0 <= s.sft_threshold, f"{key}.sft_threshold", "must be >= 0")
+        if s.sources:
+            _require(sum(src.weight for src in s.sources) > 0, f"{key}.sources",
+                     f"weights {[src.weight for src in s.sources]} must sum to > 0")
+        for j, src in enumerate(s.sources):
+            skey = f"{key}.sources[{j}]"
+            _require(src.weight >= 0, f"{skey}.weight", f"must be >= 0, got {src.weight}")
+            _require(bool(src.files) != bool(src.task), skey,
+                     f"give either files or task, got files={list(src.files)} task={src.task!r}")
+            if check_paths:
+                for f in src.files:
+                    _require(os.path.exists(f), f"{skey}.files", f"{f!r} does not exist")
 
 
 def _looks_like_hub_id(path: str) -> bool:

@@ -31,12 +31,12 @@ from rl_vlm.checkpoint import (
 )
 from rl_vlm.cluster import WorkerFailure
 from rl_vlm.config import Config, resolve_device, to_dict, validate
+from rl_vlm.curriculum import Curriculum, rollout_and_score, sft_step
 from rl_vlm.experience import (
     answer_mask,
     branch_of,
     learner_batch,
     pad_responses,
-    with_rollout_views,
 )
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.tracking import PhaseTimer, Tracker
@@ -68,6 +68,9 @@ class System:
     learners: Any
     rewards: RewardManager
     tokenizer: Any
+    curriculum: Curriculum = None  # type: ignore[assignment]  # set by build_system
+    """Stages, their samplers and rewards; installs the current stage's into ``train_sampler``
+    and ``rewards`` (no stages: one stage over ``data.train_files`` with ``reward``)."""
 
 
 def build_system(cfg: Config, with_learners: bool = True) -> System:
@@ -80,9 +83,8 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     d, m = cfg.data, cfg.model
-    train = RowDataset(d.train_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
+    curriculum = Curriculum(cfg, processor)  # the training data and rewards of every stage
     val = RowDataset(d.val_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
-    sampler = PromptSampler(train, d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle)
     # A fixed, seeded random subset: files such as easy-VQA list ~10 questions per image in a
     # row, so the first N rows would cover only N/10 images.
     val_prompts = PromptSampler(val, min(d.val_size, len(val)), seed=0, shuffle=True).next_batch()
@@ -91,7 +93,8 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
     start_ray(cfg, layout)
     rollout = RolloutGroup(cfg, layout, device)
     learners = LearnerGroup(cfg, layout, device) if with_learners else None
-    return System(cfg, sampler, val_prompts, rollout, learners, RewardManager(cfg.reward), processor.tokenizer)
+    return System(cfg, curriculum.sampler, val_prompts, rollout, learners, curriculum.rewards, processor.tokenizer,
+                  curriculum)
 
 
 def run_validation(sys_: System) -> dict[str, float]:
@@ -117,13 +120,9 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
     cfg, timer = sys_.cfg, PhaseTimer()
     seed, G, total = cfg.trainer.seed, cfg.rollout.n, cfg.trainer.total_steps
     t0 = time.perf_counter()
-    with timer("rollout"):
-        prompts = sys_.train_sampler.next_batch()
-        rollout = sys_.rollout.generate(with_rollout_views(prompts, algorithm, seed, step), G,
-                                        cfg.rollout.temperature, cfg.rollout.top_p, seed=seed * 100_003 + step)
-    with timer("reward"):
-        rows = [p.row for p in rollout.prompts for _ in range(G)]
-        scored = sys_.rewards.score(rollout.response_texts, rows, [len(r) for r in rollout.response_ids])
+    # Phases "rollout" and "reward" (several rounds with data.dynamic_sampling).
+    sampled = rollout_and_score(sys_, algorithm, step, timer)
+    prompts, rollout, scored = sampled.prompts, sampled.rollout, sampled.scored
     with timer("old_logprob"):
         batch = learner_batch(rollout, algorithm, len(prompts), seed, step)
         set_batch = (cfg.learner.mini_batch_size, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, step, total)
@@ -171,6 +170,7 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         "rollout/restarts": float(sys_.rollout.restarts),
         "data/epoch": float(sys_.train_sampler.epoch),
         "data/skipped": float(sys_.train_sampler.num_skipped),
+        **sampled.metrics,
         **timer.times,
         "perf/step_s": step_s,
         "perf/tokens_per_s": n_tokens / step_s,
@@ -244,7 +244,10 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
         if t.val_every and t.val_before_train and start == 0:
             tracker.log(0, run_validation(sys_))
         for step in range(start + 1, t.total_steps + 1):
-            metrics = train_step(sys_, algorithm, step)
+            switch = sys_.curriculum.enter(sys_, step)  # the stage's sampler and rewards
+            if switch:
+                tracker.write(switch)
+            metrics = (sft_step if sys_.curriculum.stage.cfg.type == "sft" else train_step)(sys_, algorithm, step)
             if t.val_every and (step % t.val_every == 0 or step == t.total_steps):
                 metrics.update(run_validation(sys_))
             tracker.log(step, metrics)  # before the save: a checkpoint never precedes its metrics
@@ -261,6 +264,7 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
         stop.restore()
         tracker.close()
         sys_.rewards.close()
+        sys_.curriculum.close()
         _shutdown()
     return run_dir
 
@@ -273,7 +277,7 @@ def save_checkpoint(sys_: System, store: CheckpointStore, step: int) -> str:
         sys_.learners.save_checkpoint(ck.path)
         save_torch_atomic(os.path.join(ck.path, "driver.pt"), {
             "step": step, "sampler": sys_.train_sampler.state_dict(), "rng": rng_state(),
-            "weight_version": sys_.rollout.weight_version})
+            "weight_version": sys_.rollout.weight_version, "curriculum": sys_.curriculum.state_dict()})
         _write_resolved_config(sys_.cfg, ck.path)
         # Fault injection for tests: widen the window in which a crash hits a half-written save.
         time.sleep(float(os.environ.get("RL_VLM_FAULT_SAVE_SLEEP_S", "0")))
@@ -285,6 +289,9 @@ def restore_checkpoint(sys_: System, path: str) -> int:
     """Load checkpoint ``path`` into the running system; returns the step it was taken after."""
     sys_.learners.load_checkpoint(path)
     state = torch.load(os.path.join(path, "driver.pt"), weights_only=False)
+    if "curriculum" in state:  # the stage, every stage's sampler position, the difficulty estimates
+        sys_.curriculum.load_state_dict(state["curriculum"])
+        sys_.curriculum.install(sys_)
     sys_.train_sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     sys_.rollout.load_weights(sys_.learners.gather_weights(), state["weight_version"])

@@ -210,3 +210,19 @@ def masked_row_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> t
     if work.dtype not in (torch.float32, torch.float64):
         work = work.float()
     return torch.nanquantile(work.masked_fill(~mask.bool(), float("nan")), q, dim=-1, keepdim=True)
+
+
+def sft_nll(logprobs: torch.Tensor, mask: torch.Tensor, num_tokens: float) -> torch.Tensor:
+    """Supervised loss of the rejection-sampling SFT stage: token-mean NLL with a global denominator.
+
+    Args:
+        logprobs: ``[n, T]`` log π_θ of each token (a micro-batch).
+        mask: ``[n, T]`` float, 1 on the kept responses' tokens (0 on prompt, padding and on
+            padding sequences that only fill the micro-batch count).
+        num_tokens: the number of kept response tokens of the whole mini-batch over all ranks.
+
+    Returns:
+        Scalar −Σ ℓ·m / num_tokens: the micro-batches' values sum to the token-mean NLL of the
+        mini-batch, as :func:`aggregate` does for ``token-mean``.
+    """
+    return -masked_sum(logprobs, mask) / max(float(num_tokens), 1.0)

@@ -14,6 +14,15 @@ TEMPLATES: dict[str, str] = {
         "{problem} Think step by step inside <think></think> tags, "
         "then give the final answer inside <answer></answer> tags."
     ),
+    # Curr-ReFT stage 1 (judgement) and stage 2 (multiple choice) suffixes (algorithms.md §6).
+    "think_answer_yes_no": (
+        "{problem} Think step by step inside <think></think> tags, then give the final answer inside "
+        "<answer></answer> tags. Ensure your final answer is exactly 'yes' or 'no'."
+    ),
+    "think_answer_choice": (
+        "{problem} Think step by step inside <think></think> tags, then give the final answer inside "
+        "<answer></answer> tags. Ensure your final answer is exactly one of the provided option letters."
+    ),
     # The question alone (e.g. for a model warm-started without the format instruction).
     "plain": "{problem}",
 }

@@ -339,6 +339,35 @@ class Learner:
         totals["lr"] = float(self.engine.get_lr()[0]) / self.world_size
         return totals
 
+    def sft_update(self, weights: list[float], num_tokens: list[float]) -> dict[str, float]:
+        """Supervised step(s) of the rejection-sampling SFT stage: one optimizer step per
+        mini-batch on the token-mean NLL of this rank's sequences with weight 1 (weight-0
+        sequences only keep the micro-batch count DeepSpeed accumulates over). ``weights``: [n]
+        per sequence of the shard; ``num_tokens``: per mini-batch, the weighted response tokens
+        over all ranks (the global denominator). Metrics as :meth:`update` returns them."""
+        from rl_vlm.algorithms.core import sft_nll
+
+        s = self.shard
+        self.engine.train()
+        loss_sum, grad_norms, n_mb = 0.0, [], len(s.mini_batches)
+        for k, mb in enumerate(s.mini_batches):
+            for micro in self._micro_batches(mb):
+                b = self._collate(micro)
+                logp, _ = self._forward(self.engine, b, with_entropy=False)
+                w = torch.tensor([weights[i] for i in micro], dtype=logp.dtype, device=logp.device)
+                loss = sft_nll(logp, b.response_mask.to(logp.device) * w[:, None], num_tokens[k])
+                self.engine.backward(loss * self.gas * self.world_size)
+                self.engine.step()
+                loss_sum += float(loss) / n_mb
+            gn = self.engine.get_global_grad_norm()
+            grad_norms.append(float(gn) if gn is not None else float("nan"))
+            self.optimizer_steps += 1
+            ema = self.algorithm.ema_reference()
+            if ema is not None and self.optimizer_steps % ema.update_every == 0:
+                self._update_ema(ema.decay)
+        return {"sft/loss": loss_sum, "grad_norm": float(np.mean(grad_norms)) / self.world_size,
+                "lr": float(self.engine.get_lr()[0]) / self.world_size}
+
     @torch.no_grad()
     def _update_ema(self, decay: float) -> None:
         """φ ← decay·φ + (1 − decay)·θ (GRPO-CARE §4.1). Under ZeRO-3 both models are partitioned

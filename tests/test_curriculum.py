@@ -1,0 +1,392 @@
+"""Curriculum stages, the mixture sampler, difficulty-aware and dynamic sampling, the SFT loss.
+
+Fake datasets and a fake rollout stand in for files and engines: everything here is pure Python
+and torch and runs in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from rl_vlm.algorithms.core import sft_nll
+from rl_vlm.batch import Prompt, RolloutBatch
+from rl_vlm.compose import compose
+from rl_vlm.config import (
+    Config,
+    ConfigError,
+    CurriculumConfig,
+    DataConfig,
+    DataSourceConfig,
+    DifficultyConfig,
+    RewardConfig,
+    RewardFunctionConfig,
+    StageConfig,
+    validate,
+)
+from rl_vlm.curriculum import (
+    Curriculum,
+    DifficultyTracker,
+    MixtureSampler,
+    frontier_weight,
+    group_keep,
+    sample_groups,
+    sft_batch,
+)
+from rl_vlm.rewards.manager import RewardResult
+
+
+class FakeDataset:
+    """What PromptSampler needs of a RowDataset: len, get, num_bad, files."""
+
+    def __init__(self, name: str, n: int, task: str = "") -> None:
+        self.name, self.n, self.files, self.num_bad = name, n, [f"{name}.jsonl"], 0
+        self.task = task or name
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, i: int) -> Prompt:
+        return Prompt(uid=f"{self.name}:{i}", prompt_text="", images=[],
+                      row={"problem": "q", "answer": "yes", "task": self.task})
+
+
+def _uids(batch: list[Prompt]) -> list[str]:
+    return [p.uid for p in batch]
+
+
+# ---------------------------------------------------------------- mixture sampler
+def test_mixture_proportions_follow_the_weights() -> None:
+    s = MixtureSampler([FakeDataset("a", 50), FakeDataset("b", 70)], [1.0, 3.0], batch_size=8, seed=3)
+    uids = [u for _ in range(500) for u in _uids(s.next_batch())]
+    frac_a = sum(u.startswith("a:") for u in uids) / len(uids)
+    assert frac_a == pytest.approx(0.25, abs=0.02)
+    # Each source is walked in its own seeded order: a full epoch of "a" before any repeat.
+    first_a = [u for u in uids if u.startswith("a:")][:50]
+    assert len(set(first_a)) == 50
+
+
+def test_mixture_is_deterministic_and_seeded() -> None:
+    def batches(seed: int) -> list[list[str]]:
+        s = MixtureSampler([FakeDataset("a", 20), FakeDataset("b", 20)], [0.5, 0.5], batch_size=4, seed=seed)
+        return [_uids(s.next_batch()) for _ in range(5)]
+
+    assert batches(1) == batches(1)
+    assert batches(1) != batches(2)
+
+
+def test_mixture_zero_weight_source_is_never_drawn() -> None:
+    s = MixtureSampler([FakeDataset("a", 5), FakeDataset("b", 5)], [0.0, 1.0], batch_size=4, seed=0)
+    assert all(u.startswith("b:") for _ in range(20) for u in _uids(s.next_batch()))
+
+
+def test_mixture_state_round_trip() -> None:
+    def make() -> MixtureSampler:
+        return MixtureSampler([FakeDataset("a", 7), FakeDataset("b", 11)], [0.3, 0.7], batch_size=3, seed=5)
+
+    s = make()
+    for _ in range(6):
+        s.next_batch()
+    state = s.state_dict()
+    expected = [_uids(s.next_batch()) for _ in range(4)]
+    t = make()
+    t.load_state_dict(state)
+    assert [_uids(t.next_batch()) for _ in range(4)] == expected
+    with pytest.raises(ValueError, match="sources"):
+        MixtureSampler([FakeDataset("a", 7)], [1.0], 3, 5).load_state_dict(state)
+
+
+# ---------------------------------------------------------------- stages
+def _config(stages: tuple[StageConfig, ...], total: int, **data: Any) -> Config:
+    return Config(data=DataConfig(train_files=("all.jsonl",), rollout_batch_size=4, **data),
+                  curriculum=CurriculumConfig(name="test", stages=stages),
+                  learner=replace(Config().learner, mini_batch_size=4, micro_batch_size=4),
+                  trainer=replace(Config().trainer, total_steps=total))
+
+
+def _factory(sizes: dict[str, int]) -> Any:
+    def make(files: list[str], template: str) -> FakeDataset:
+        name = files[0].removesuffix(".jsonl")
+        return FakeDataset(name, sizes.get(name, 10))
+    return make
+
+
+YES_NO = RewardConfig(functions=(RewardFunctionConfig(name="exact_match", key="accuracy"),))
+FORMAT_ACC = RewardConfig(functions=(RewardFunctionConfig(name="format", weight=0.1),
+                                     RewardFunctionConfig(name="accuracy", weight=0.9)))
+
+
+def test_stages_switch_at_their_boundaries_with_their_rewards() -> None:
+    stages = (
+        StageConfig(name="judge", steps=2, sources=(DataSourceConfig(files=("yn.jsonl",)),), reward=YES_NO),
+        # 10 rows, 4 per step, 1 epoch -> ceil(10 / 4) = 3 steps.
+        StageConfig(name="classify", epochs=1.0, sources=(DataSourceConfig(files=("cls.jsonl",)),)),
+        StageConfig(name="self", type="sft", steps=1, reward=FORMAT_ACC),
+    )
+    cfg = _config(stages, total=7)
+    validate(cfg, check_paths=False)
+    cur = Curriculum(cfg, dataset_factory=_factory({"yn": 8, "cls": 10}))
+    system = SimpleNamespace(train_sampler=None, rewards=None)
+    seen = []
+    for step in range(1, 8):
+        line = cur.enter(system, step)
+        batch = system.train_sampler.next_batch()
+        scored = system.rewards.score(["<think>x</think><answer>yes</answer>"] * 4, [p.row for p in batch])
+        seen.append((step, line is not None, cur.current, cur.stage.cfg.type, batch[0].uid.split(":")[0],
+                     sorted(scored.sub_scores), cur.metrics(batch)["curriculum/stage"]))
+    assert seen == [
+        (1, True, 0, "rl", "yn", ["accuracy"], 0.0),
+        (2, False, 0, "rl", "yn", ["accuracy"], 0.0),
+        (3, True, 1, "rl", "cls", ["accuracy", "format"], 1.0),
+        (4, False, 1, "rl", "cls", ["accuracy", "format"], 1.0),
+        (5, False, 1, "rl", "cls", ["accuracy", "format"], 1.0),
+        (6, True, 2, "sft", "all", ["accuracy", "format"], 2.0),
+        (7, False, 2, "sft", "all", ["accuracy", "format"], 2.0),  # the last stage runs on
+    ]
+    # Stage 0's reward is exact match only: the 0.9/0.1 weights are those of stage 1.
+    assert cur.stages[0].rewards.names == ("accuracy",)
+
+
+def test_curriculum_state_round_trip_continues_in_the_same_stage() -> None:
+    stages = (StageConfig(steps=2, sources=(DataSourceConfig(files=("a.jsonl",)),)),
+              StageConfig(steps=5, sources=(DataSourceConfig(files=("a.jsonl",), weight=1.0),
+                                            DataSourceConfig(files=("b.jsonl",), weight=2.0))))
+    cfg = replace(_config(stages, total=7), curriculum=CurriculumConfig(
+        name="t", stages=stages, difficulty=DifficultyConfig(mode="uid")))
+    factory = _factory({"a": 9, "b": 13})
+    system = SimpleNamespace(train_sampler=None, rewards=None)
+    cur = Curriculum(cfg, dataset_factory=factory)
+    for step in range(1, 5):
+        cur.enter(system, step)
+        batch = system.train_sampler.next_batch()
+        cur.difficulty.observe(batch, [1.0] * len(batch))
+    state = cur.state_dict()
+    expected = []
+    for step in range(5, 8):
+        cur.enter(system, step)
+        expected.append(_uids(system.train_sampler.next_batch()))
+    resumed = Curriculum(cfg, dataset_factory=factory)
+    resumed.load_state_dict(state)
+    resumed.install(system)
+    assert resumed.current == 1 and system.train_sampler is resumed.stages[1].sampler
+    got = []
+    for step in range(5, 8):
+        assert resumed.enter(system, step) is None  # no switch: same stage as before the save
+        got.append(_uids(system.train_sampler.next_batch()))
+    assert got == expected
+    assert resumed.difficulty.pass_rate == cur.difficulty.pass_rate != {}
+
+
+def test_no_curriculum_is_the_plain_sampler() -> None:
+    from rl_vlm.data.dataset import PromptSampler
+
+    cfg = _config((), total=3)
+    cur = Curriculum(cfg, dataset_factory=_factory({"all": 10}))
+    assert type(cur.sampler) is PromptSampler and cur.sampler.seed == cfg.trainer.seed
+    assert cur.enter(SimpleNamespace(), 1) is None and cur.metrics([]) == {}
+
+
+def test_task_sources_select_rows_of_train_files(tmp_path: Any) -> None:
+    from rl_vlm.curriculum import TaskSubset
+
+    rows = SimpleNamespace(_rows=[SimpleNamespace(fields={"task": t}) for t in ["a", "b", "a", "c"]],
+                           _bad={2}, files=["x.jsonl"], get=lambda i: i)
+    sub = TaskSubset(rows, "a")
+    assert len(sub) == 2 and sub.get(1) == 2 and sub.num_bad == 1
+    with pytest.raises(ValueError, match="task='z'"):
+        TaskSubset(rows, "z")
+
+
+# ---------------------------------------------------------------- validation
+@pytest.mark.parametrize("stage, key", [
+    (StageConfig(name="x"), r"curriculum\.stages\[0\]\.steps"),
+    (StageConfig(steps=2, epochs=1.0), r"curriculum\.stages\[0\]\.steps"),
+    (StageConfig(steps=2, sources=(DataSourceConfig(files=("a.jsonl",), weight=0.0),)),
+     r"curriculum\.stages\[0\]\.sources: weights"),
+    (StageConfig(steps=2, sources=(DataSourceConfig(),)), r"curriculum\.stages\[0\]\.sources\[0\]"),
+    (StageConfig(steps=2, sources=(DataSourceConfig(files=("missing.jsonl",)),)),
+     r"curriculum\.stages\[0\]\.sources\[0\]\.files: 'missing.jsonl' does not exist"),
+    (StageConfig(steps=2, reward_set="nope"), r"curriculum\.stages\[0\]\.reward_set"),
+    (StageConfig(steps=2, reward=RewardConfig(functions=(RewardFunctionConfig(name="format"),))),
+     r"curriculum\.stages\[0\]\.reward: .*no function with key 'accuracy'"),
+    (StageConfig(steps=2, prompt_template="nope"), r"curriculum\.stages\[0\]\.prompt_template"),
+])
+def test_validation_names_the_key(stage: StageConfig, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rl_vlm.config as config
+
+    monkeypatch.setattr(config.os.path, "isdir", lambda p: True)
+    monkeypatch.setattr(config.os.path, "exists", lambda p: p != "missing.jsonl")
+    cfg = replace(compose([]), curriculum=CurriculumConfig(stages=(stage,)))
+    with pytest.raises(ConfigError, match=key):
+        validate(cfg)
+
+
+def test_data_sampling_keys_are_validated() -> None:
+    cfg = compose(["data.max_sampling_tries=0"])
+    with pytest.raises(ConfigError, match="data.max_sampling_tries"):
+        validate(cfg, check_paths=False)
+    with pytest.raises(ConfigError, match="data.filter_low"):
+        validate(compose(["data.filter_low=0.9", "data.filter_high=0.1"]), check_paths=False)
+    with pytest.raises(ConfigError, match="data.dynamic_sampling"):
+        validate(compose(["algorithm=vogue_paper", "data.dynamic_sampling=true"]), check_paths=False)
+
+
+def test_curriculum_yamls_compose() -> None:
+    cfg = compose(["curriculum=curr_reft"])
+    validate(cfg, check_paths=False)
+    assert [s.type for s in cfg.curriculum.stages] == ["rl", "rl", "rl", "sft"]
+    assert cfg.curriculum.stages[2].reward.by_task["detection"][1].kwargs == {"threshold": 0.5}
+    cfg = compose(["curriculum=easy_vqa"])
+    assert [s.steps for s in cfg.curriculum.stages] == [10, 10, 10]
+    assert cfg.curriculum.stages[1].sources[1].files == ("artifacts/easy_vqa/train_shape.jsonl",)
+
+
+# ---------------------------------------------------------------- difficulty
+def test_frontier_weight_values() -> None:
+    assert frontier_weight(0.5, 0.1) == pytest.approx(1.0)
+    assert frontier_weight(0.0, 0.1) == pytest.approx(0.1)
+    assert frontier_weight(1.0, 0.1) == pytest.approx(0.1)
+    assert frontier_weight(0.25, 0.1) == pytest.approx(0.1 + 0.9 * 0.75)
+    assert frontier_weight(0.9, 0.0) == pytest.approx(4 * 0.9 * 0.1)
+
+
+def test_difficulty_ema_and_metrics() -> None:
+    d = DifficultyTracker(DifficultyConfig(mode="uid", ema=0.5, floor=0.1))
+    ps = [FakeDataset("a", 3).get(i) for i in range(3)]
+    d.observe(ps[:2], [1.0, 0.25])    # first observation sets p
+    d.observe(ps[:1], [0.0])          # 0.5 * 1.0 + 0.5 * 0.0
+    assert d.pass_rate == {"a:0": 0.5, "a:1": 0.25}
+    assert d.accept_prob(ps[0]) == pytest.approx(1.0)
+    assert d.accept_prob(ps[1]) == pytest.approx(0.775)
+    assert d.accept_prob(ps[2]) == 1.0  # unseen
+    m = d.metrics(ps)
+    assert m["data/difficulty_mean"] == pytest.approx(1 - (0.5 + 0.25) / 2)
+    assert m["data/frontier_frac"] == pytest.approx(1.0)  # 0.25 and 0.5 both in [0.2, 0.8]
+    task = DifficultyTracker(DifficultyConfig(mode="task"))
+    task.observe(ps, [1.0, 0.0, 0.5])
+    assert set(task.pass_rate) == {"a"}
+    # Estimates of another mode are not reused.
+    task.load_state_dict(d.state_dict())
+    assert task.pass_rate == {}
+
+
+def test_difficulty_steers_sampling_to_the_frontier() -> None:
+    d = DifficultyTracker(DifficultyConfig(mode="task", floor=0.1))
+    easy, frontier = FakeDataset("easy", 40), FakeDataset("frontier", 40)
+    d.observe([easy.get(0), frontier.get(0)], [1.0, 0.5])
+    s = MixtureSampler([easy, frontier], [1.0, 1.0], batch_size=10, seed=0, difficulty=d)
+    uids = [u for _ in range(300) for u in _uids(s.next_batch())]
+    # Kept with probability 0.1 vs 1: shares 0.1 / 1.1 and 1 / 1.1.
+    assert sum(u.startswith("easy") for u in uids) / len(uids) == pytest.approx(0.1 / 1.1, abs=0.02)
+    assert s.num_rejected > 0
+
+
+# ---------------------------------------------------------------- dynamic sampling
+class FakeRollout:
+    """Prompt uid "x:i": every response of row i scores ``rewards(i, j)``."""
+
+    def __init__(self, rewards: Any, G: int = 4) -> None:
+        self.rewards, self.G, self.calls = rewards, G, 0
+
+    def generate(self, prompts: list[Prompt], attempt: int) -> RolloutBatch:
+        self.calls += 1
+        n = len(prompts) * self.G
+        return RolloutBatch(prompts=prompts, group_size=self.G, prompt_ids=[[1]] * n,
+                            response_ids=[[2, 3]] * n, rollout_logprobs=[[-1.0, -1.0]] * n,
+                            response_texts=[p.uid for p in prompts for _ in range(self.G)],
+                            truncated=[False] * n, weight_version=0)
+
+    def score(self, rollout: RolloutBatch) -> RewardResult:
+        vals = torch.tensor([self.rewards(int(t.split(":")[1]), j % self.G)
+                             for j, t in enumerate(rollout.response_texts)], dtype=torch.float32)
+        return RewardResult(overall=vals, sub_scores={"accuracy": vals}, num_errors=0,
+                            present={"accuracy": torch.ones(len(vals), dtype=torch.bool)})
+
+
+def _dyn(**kw: Any) -> DataConfig:
+    return DataConfig(rollout_batch_size=kw.pop("B", 4), dynamic_sampling=True, **kw)
+
+
+def test_dynamic_sampling_never_keeps_a_zero_variance_group() -> None:
+    # Rows divisible by 3 are learnable (mixed rewards); the others are all 0 or all 1.
+    fake = FakeRollout(lambda i, j: float(j % 2) if i % 3 == 0 else float(i % 2))
+    sampler = MixtureSampler([FakeDataset("x", 60)], [1.0], batch_size=4, seed=0)
+    observed = []
+    for _ in range(10):
+        out = sample_groups(sampler.next_batch, fake.generate, fake.score, _dyn(max_sampling_tries=20),
+                            observe=lambda p, s: observed.append(len(p)))
+        acc = out.scored.sub_scores["accuracy"].view(-1, 4)
+        assert len(out.prompts) == 4 and acc.shape == (4, 4)
+        assert bool((acc.amax(1) > acc.amin(1)).all())
+        assert out.metrics["data/sampling_capped"] == 0.0
+        assert out.metrics["data/filtered_groups"] <= out.metrics["data/sampling_tries"] * 4 - 4
+        # The rollout is consistent with its groups: texts are the prompts' uids.
+        assert out.rollout.response_texts[::4] == [p.uid for p in out.prompts]
+    assert sum(observed) == 4 * fake.calls  # every scored group reached the difficulty estimates
+
+
+def test_dynamic_sampling_respects_max_tries_and_fills_with_the_best_groups() -> None:
+    # Nothing is learnable except row 5, whose group has the largest spread (0..3 / 3).
+    fake = FakeRollout(lambda i, j: j / 3 if i == 5 else 1.0)
+    sampler = MixtureSampler([FakeDataset("x", 8)], [1.0], batch_size=4, seed=0)
+    out = sample_groups(sampler.next_batch, fake.generate, fake.score, _dyn(max_sampling_tries=3))
+    assert fake.calls == 3
+    assert out.metrics["data/sampling_tries"] == 3 and out.metrics["data/sampling_capped"] == 1.0
+    assert len(out.prompts) == 4
+    kept = [p.uid for p in out.prompts]
+    # Row 5 was drawn in the 12 draws of 8 rows at least once; each draw of it was kept.
+    assert "x:5" in kept and out.metrics["data/filled_groups"] == 4 - kept.count("x:5")
+
+
+def test_dynamic_sampling_band_on_a_sub_score() -> None:
+    # Group mean of row i is (i % 4) / 4 + 0.125; keep 0.2 < mean < 0.8 -> rows with i % 4 in {1, 2}.
+    fake = FakeRollout(lambda i, j: (i % 4) / 4 + (0.25 if j % 2 else 0.0))
+    sampler = MixtureSampler([FakeDataset("x", 40)], [1.0], batch_size=4, seed=1)
+    out = sample_groups(sampler.next_batch, fake.generate, fake.score,
+                        _dyn(filter_key="accuracy", filter_low=0.2, filter_high=0.8, max_sampling_tries=50))
+    assert all(int(p.uid.split(":")[1]) % 4 in (1, 2) for p in out.prompts)
+    with pytest.raises(KeyError, match="data.filter_key"):
+        sample_groups(sampler.next_batch, fake.generate, fake.score, _dyn(filter_key="nope"))
+
+
+def test_without_dynamic_sampling_the_batch_is_as_drawn() -> None:
+    fake = FakeRollout(lambda i, j: 1.0)
+    sampler = MixtureSampler([FakeDataset("x", 8)], [1.0], batch_size=4, seed=0)
+    out = sample_groups(sampler.next_batch, fake.generate, fake.score, DataConfig(rollout_batch_size=4))
+    assert fake.calls == 1 and out.metrics == {} and len(out.prompts) == 4
+
+
+def test_group_keep() -> None:
+    v = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.2, 0.2])
+    assert group_keep(v, 2, None, None).tolist() == [False, True, False, False]
+    assert group_keep(torch.tensor([0.0, 1.0, 0.9, 1.0]), 2, 0.01, 0.9).tolist() == [True, False]
+
+
+# ---------------------------------------------------------------- SFT
+def test_sft_nll_value_and_gradient() -> None:
+    logp = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, -0.5, -0.5, -3.0]], requires_grad=True)
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    loss = sft_nll(logp, mask, num_tokens=5)
+    assert loss.item() == pytest.approx((1 + 2 + 0.5 + 0.5 + 3) / 5)
+    loss.backward()
+    assert torch.allclose(logp.grad, -mask / 5)
+    # Micro-batch shares with the global denominator sum to the whole batch's token mean.
+    parts = sft_nll(logp[:1], mask[:1], 5) + sft_nll(logp[1:], mask[1:], 5)
+    assert parts.item() == pytest.approx(loss.item())
+    # Weight-0 padding sequences contribute nothing, even with -inf-free garbage values.
+    assert sft_nll(torch.full((1, 3), -50.0), torch.zeros(1, 3), 5).item() == 0.0
+
+
+def test_sft_batch_pads_to_whole_updates_with_weight_zero() -> None:
+    fake = FakeRollout(lambda i, j: 1.0, G=2)
+    prompts = [FakeDataset("x", 3).get(i) for i in range(3)]
+    rollout = fake.generate(prompts, 0)
+    batch, weights = sft_batch(rollout, [0, 3, 5], seqs_per_update=4)
+    assert len(batch) == 4 and weights == [1.0, 1.0, 1.0, 0.0]
+    assert batch.images[1] is prompts[1].images and batch.images[2] is prompts[2].images
+    batch, weights = sft_batch(rollout, [0, 1, 2, 3, 4], seqs_per_update=4)
+    assert len(batch) == 8 and sum(weights) == 5
