@@ -61,8 +61,11 @@ PAPO_DATA: dict[str, Any] = {
     "algorithm.papo.recompute_with_grad": False, "algorithm.papo.schedule": "fixed",
     "reward.weights": {"format": 0.1, "accuracy": 0.9},
 }
+DAPO_FILTER: dict[str, Any] = {  # EasyR1 online_filtering on accuracy in (0.01, 0.99)
+    "data.dynamic_sampling": True, "data.filter_key": "accuracy", "data.filter_low": 0.01, "data.filter_high": 0.99,
+}
 PAPO_G: dict[str, Any] = {
-    **PAPO_DATA, "algorithm.name": "papo", "algorithm.papo.gamma": 0.02, "algorithm.kl_coef": 0.01,
+    **PAPO_DATA, "data.dynamic_sampling": False, "algorithm.name": "papo", "algorithm.papo.gamma": 0.02, "algorithm.kl_coef": 0.01,
     "algorithm.kl_estimator": "k3", "algorithm.clip_high": 0.3,
 }
 VOGUE_COMMON: dict[str, Any] = {
@@ -74,17 +77,18 @@ VOGUE_COMMON: dict[str, Any] = {
     "algorithm.vogue.alpha_o": 0.4, "algorithm.vogue.beta_o": 2.0, "algorithm.vogue.alpha_p": 1.0,
     "algorithm.vogue.beta_p": 2.0, "algorithm.vogue.entropy_shaping": True,
     "algorithm.vogue.schedule": "adaptive", "algorithm.vogue.augmentation_strength": 1.0,
+    "data.dynamic_sampling": False,
 }
 PAPER_SPECS: dict[str, dict[str, Any]] = {
     "papo_g_7b": {**PAPO_G, "model.path": "Qwen/Qwen2.5-VL-7B-Instruct",
                   "algorithm.papo.entropy_ori": 0.05, "algorithm.papo.entropy_aug": 0.05},
     "papo_g_3b": {**PAPO_G, "model.path": "Qwen/Qwen2.5-VL-3B-Instruct",
                   "algorithm.papo.entropy_ori": 0.0, "algorithm.papo.entropy_aug": 0.0},
-    "papo_d_7b": {**PAPO_DATA, "model.path": "Qwen/Qwen2.5-VL-7B-Instruct", "algorithm.name": "papo",
+    "papo_d_7b": {**PAPO_DATA, **DAPO_FILTER, "model.path": "Qwen/Qwen2.5-VL-7B-Instruct", "algorithm.name": "papo",
                   "algorithm.papo.gamma": 0.01, "algorithm.kl_coef": 0.0, "algorithm.clip_high": 0.28,
                   "algorithm.papo.entropy_ori": 0.03, "algorithm.papo.entropy_aug": 0.03},
     "vppo_7b": {
-        **COMMON_EASYR1, "model.path": "Qwen/Qwen2.5-VL-7B-Instruct", "algorithm.name": "vppo",
+        **COMMON_EASYR1, **DAPO_FILTER, "model.path": "Qwen/Qwen2.5-VL-7B-Instruct", "algorithm.name": "vppo",
         "algorithm.vppo.top_p_tokens": 0.4, "algorithm.vppo.beta_min": 0.9, "algorithm.vppo.entropy_penalty": 0.06,
         "algorithm.vppo.advantage_shaping": True, "algorithm.vppo.token_filtering": True,
         "algorithm.vppo.mask_prob": 0.5, "algorithm.vppo.dependency": "sampled_k3",
@@ -103,7 +107,7 @@ PAPER_SPECS: dict[str, dict[str, Any]] = {
         "rollout.n": 8, "rollout.temperature": 1.0, "rollout.top_p": 0.95, "rollout.max_new_tokens": 768,
         "data.max_prompt_length": 16384, "data.rollout_batch_size": 4, "learner.mini_batch_size": 4,
         "learner.lr": 1e-6, "learner.weight_decay": 1e-2, "learner.grad_clip": 5.0,
-        "model.max_pixels": 401408, "trainer.total_steps": 1500,
+        "model.max_pixels": 401408, "trainer.total_steps": 1500, "data.dynamic_sampling": False,
         "reward.weights": {"accuracy": 1.0, "format": 1.0},
     },
     "vogue_7b": {**VOGUE_COMMON, "algorithm.vogue.mode": "code", "algorithm.vogue.noise_std": 0.2,
