@@ -75,10 +75,17 @@ def _stable(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith(VOLATILE)}
 
 
-def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data: tuple[Path, Path],
-                                                       tmp_path: Path) -> None:
-    ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def reference_run(warm_model_dir: Path, data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 4-step run (checkpoints at steps 2 and 4, final HF weights)."""
+    ref_dir = tmp_path_factory.mktemp("uninterrupted")
     _finish(_launch(_overrides(warm_model_dir, data, ref_dir)))
+    return ref_dir
+
+
+def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data: tuple[Path, Path],
+                                                       reference_run: Path, tmp_path: Path) -> None:
+    ref_dir, run_dir = reference_run, tmp_path / "killed"
 
     # Each save sleeps inside the temporary directory; kill the whole driver process group
     # (SIGKILL: no handler runs) while step 4's checkpoint is being written.
@@ -111,7 +118,7 @@ def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data
     assert all(torch.equal(a[k], b[k]) for k in a), "final weights differ after resume"
 
 
-def test_export_matches_learner_in_transformers_and_vllm(warm_model_dir: Path, data: tuple[Path, Path],
+def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path], reference_run: Path,
                                                          tmp_path: Path) -> None:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -120,11 +127,11 @@ def test_export_matches_learner_in_transformers_and_vllm(warm_model_dir: Path, d
     from rl_vlm.workers.learner import token_logprobs
     from rl_vlm.workers.rollout import RolloutEngine
 
-    run_dir = tmp_path / "run"
-    _finish(_launch([*_overrides(warm_model_dir, data, run_dir), "trainer.total_steps=2", "trainer.val_every=0"]))
+    run_dir = reference_run
     out = tmp_path / "exported"
+    # The final checkpoint (step 4) holds the same weights the learners wrote to final/.
     res = subprocess.run([sys.executable, "-c", "from rl_vlm.cli import main; raise SystemExit(main())",
-                          "export", str(run_dir / "checkpoints" / "step_2"), str(out)],
+                          "export", str(run_dir / "checkpoints" / "step_4"), str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     learner, exported = _weights(run_dir / "final"), _weights(out)
