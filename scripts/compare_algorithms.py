@@ -11,7 +11,9 @@ tuned for 3B/7B models, not for this 0.66 M-parameter one.
 Writes under ``--out`` (default ``runs/compare``): one run directory per algorithm (its
 ``metrics.jsonl``), ``results.md`` (the tables, also printed), ``results.json`` and
 ``curves.png`` (training reward and validation accuracy per step; needs matplotlib,
-``requirements/plot.txt``).
+``requirements/plot.txt``). An algorithm's run directory is replaced by a fresh run each time
+(the trainer would otherwise resume from its final checkpoint), unless ``--reuse`` finds a
+finished run with the same settings there.
 
     .venv/bin/python scripts/compare_algorithms.py                       # 30 steps each
     .venv/bin/python scripts/compare_algorithms.py --steps 1 --algorithms grpo
@@ -24,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -60,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "also vogue_paper, papo_d, dr_grpo)")
     p.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     p.add_argument("--seed", type=int, default=1, help="trainer.seed, the same for every algorithm (default 1)")
+    p.add_argument("--reuse", action="store_true",
+                   help="load an algorithm's finished run from --out instead of retraining it, when its saved "
+                        "config has the same settings (runs are deterministic for a fixed seed)")
     p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra Hydra overrides applied to every run, e.g. data.val_size=64 learner.lr=1e-3")
     args = p.parse_args(argv)
@@ -71,23 +77,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_one(algorithm: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
-    """Train one preset; returns (metrics records, wall seconds)."""
+    """Train one preset (or, with ``--reuse``, load a finished identical run); returns
+    (metrics records, wall seconds; 0 for a reused run)."""
     from rl_vlm.compose import compose
+    from rl_vlm.config import to_dict
     from rl_vlm.controller import train
     from rl_vlm.tracking import read_metrics
 
     run_dir = os.path.join(args.out, algorithm)
-    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        os.remove(os.path.join(run_dir, "metrics.jsonl"))  # the tracker appends; start clean
     cfg = compose([
         "experiment=grpo_easy_vqa_learning", f"algorithm={algorithm}",
         f"trainer.total_steps={args.steps}", f"trainer.val_every={args.val_every}",
         f"trainer.seed={args.seed}", f"trainer.output_dir={run_dir}", "trainer.progress_bar=false",
         *args.override,
     ])
+    if args.reuse and _finished_same_run(run_dir, to_dict(cfg), args.steps):
+        print(f"=== {algorithm}: reusing the finished run in {run_dir}", flush=True)
+        return read_metrics(run_dir), 0.0
+    # A fresh run: the trainer would otherwise resume from the checkpoint a previous run left.
+    shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     train(cfg)
     return read_metrics(run_dir), time.perf_counter() - t0
+
+
+def _finished_same_run(run_dir: str, wanted: dict[str, Any], steps: int) -> bool:
+    """Whether ``run_dir`` holds a run that reached ``steps`` with the same settings (every key of
+    its saved config.yaml that still exists has the wanted value; output paths excepted)."""
+    import yaml
+
+    from rl_vlm.tracking import read_metrics
+
+    try:
+        with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+        done = any(r.get("step") == steps and "reward/mean" in r for r in read_metrics(run_dir))
+    except (OSError, ValueError):
+        return False
+
+    def same(a: Any, b: Any, path: str) -> bool:
+        if path in ("trainer.output_dir", "trainer.progress_bar"):
+            return True
+        if isinstance(a, dict) and isinstance(b, dict):
+            return all(same(v, b[k], f"{path}.{k}" if path else k) for k, v in a.items() if k in b)
+        return a == b
+
+    return done and same(saved, wanted, "")
 
 
 def _mean(values: list[float]) -> float:

@@ -329,12 +329,7 @@ class Learner:
                 self.engine.step()
                 for name, v in res.metrics.items():
                     totals[name] = totals.get(name, 0.0) + float(v) / n_mb
-            gn = self.engine.get_global_grad_norm()
-            grad_norms.append(float(gn) if gn is not None else float("nan"))
-            self.optimizer_steps += 1
-            ema = self.algorithm.ema_reference()
-            if ema is not None and self.optimizer_steps % ema.update_every == 0:
-                self._update_ema(ema.decay)
+            grad_norms.append(self._after_optimizer_step())
         totals["grad_norm"] = float(np.mean(grad_norms)) / self.world_size  # the driver sums over ranks
         totals["lr"] = float(self.engine.get_lr()[0]) / self.world_size
         return totals
@@ -359,14 +354,18 @@ class Learner:
                 self.engine.backward(loss * self.gas * self.world_size)
                 self.engine.step()
                 loss_sum += float(loss) / n_mb
-            gn = self.engine.get_global_grad_norm()
-            grad_norms.append(float(gn) if gn is not None else float("nan"))
-            self.optimizer_steps += 1
-            ema = self.algorithm.ema_reference()
-            if ema is not None and self.optimizer_steps % ema.update_every == 0:
-                self._update_ema(ema.decay)
+            grad_norms.append(self._after_optimizer_step())
         return {"sft/loss": loss_sum, "grad_norm": float(np.mean(grad_norms)) / self.world_size,
                 "lr": float(self.engine.get_lr()[0]) / self.world_size}
+
+    def _after_optimizer_step(self) -> float:
+        """Count the optimizer step, update the EMA reference when due; returns the grad norm."""
+        gn = self.engine.get_global_grad_norm()
+        self.optimizer_steps += 1
+        ema = self.algorithm.ema_reference()
+        if ema is not None and self.optimizer_steps % ema.update_every == 0:
+            self._update_ema(ema.decay)
+        return float(gn) if gn is not None else float("nan")
 
     @torch.no_grad()
     def _update_ema(self, decay: float) -> None:
