@@ -32,6 +32,7 @@ from typing import Any, TypeVar, cast
 from rl_vlm.rewards.accuracy import accuracy_reward, exact_match_reward, math_reward, multiple_choice_reward
 from rl_vlm.rewards.format import format_reward
 from rl_vlm.rewards.grounding import iou_reward
+from rl_vlm.rewards.judgement import jaccard_reward, yes_no_reward
 from rl_vlm.rewards.length import overlong_reward
 
 RewardFn = Callable[..., "float | dict[str, float]"]
@@ -45,6 +46,8 @@ REWARDS: dict[str, RewardFn] = {
     "multiple_choice": multiple_choice_reward,
     "iou": iou_reward,
     "overlong": overlong_reward,
+    "yes_no": yes_no_reward,
+    "jaccard": jaccard_reward,
 }
 """Registered reward functions by name (the ``name`` field of a reward config entry)."""
 
