@@ -132,8 +132,10 @@ def _mean(values: list[float]) -> float:
 
 def summarise(algorithm: str, records: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     """Table values for one run (first/last WINDOW steps, validation before/after, own metrics)."""
-    steps = sorted((r for r in records if r["step"] >= 1 and "reward/mean" in r), key=lambda r: r["step"])
-    val = {r["step"]: r["val/accuracy"] for r in records if r.get("val/accuracy") is not None}
+    # The last record of a step wins: a run restarted after a dead learner repeats steps.
+    latest = {r["step"]: r for r in records}
+    steps = [latest[k] for k in sorted(latest) if k >= 1 and "reward/mean" in latest[k]]
+    val = {k: r["val/accuracy"] for k, r in sorted(latest.items()) if r.get("val/accuracy") is not None}
     first, last = steps[:WINDOW], steps[-WINDOW:]
     own = sorted({k for r in steps for k in r
                   if k.removeprefix("actor/").startswith(VARIANT_PREFIXES)})
