@@ -54,10 +54,13 @@ def extract_answer(response: str) -> str | None:
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, strip sentence punctuation at the ends, drop articles, collapse spaces."""
+    """Lower-case, strip sentence punctuation at the ends, drop articles, collapse spaces.
+
+    A text that is nothing but an article ("A", "the") is kept as it is: it is an answer (an
+    option letter, a grade), not a determiner."""
     text = text.lower().strip(_END_CHARS)
-    text = _ARTICLES.sub(" ", text)
-    return _SPACES.sub(" ", text).strip(_END_CHARS)
+    stripped = _SPACES.sub(" ", _ARTICLES.sub(" ", text)).strip(_END_CHARS)
+    return stripped or _SPACES.sub(" ", text)
 
 
 def option_letter(text: str, ground_truth: bool = False) -> str | None:

@@ -43,3 +43,11 @@ def test_jaccard_reward(answer_text: str, truth: object, score: float) -> None:
 
 def test_registered_by_name() -> None:
     assert REWARDS["yes_no"] is yes_no_reward and REWARDS["jaccard"] is jaccard_reward
+
+
+def test_exact_match_keeps_a_lone_article_as_the_answer() -> None:
+    from rl_vlm.rewards.accuracy import exact_match_reward
+
+    assert exact_match_reward("<answer>A</answer>", {"answer": "A"}) == 1.0
+    assert exact_match_reward("<answer>A</answer>", {"answer": "B"}) == 0.0
+    assert exact_match_reward("<answer>the cat</answer>", {"answer": "cat"}) == 1.0
