@@ -155,19 +155,31 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
     assert (ours - theirs).abs().max().item() < 1e-3
 
 
-def _pids(pattern: str) -> list[int]:
+def _pids(pattern: str, tag: str) -> list[int]:
+    """Processes matching ``pattern`` that belong to THIS test's Ray instance: they inherit the
+    driver's environment, which carries ``tag`` (other runs on the machine are left alone)."""
     res = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return [int(p) for p in res.stdout.split()]
+    mine = []
+    for pid in (int(p) for p in res.stdout.split()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"RL_VLM_FAULT_TAG={tag}".encode() in f.read():
+                    mine.append(pid)
+        except OSError:
+            continue
+    return mine
 
 
 def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path, data: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rl_vlm.compose import compose
     from rl_vlm.controller import train
 
     run_dir = tmp_path / "faults"
     cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.val_every=0"])
     events: list[str] = []
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    monkeypatch.setenv("RL_VLM_FAULT_TAG", tag)
 
     def metrics_steps() -> list[int]:
         path = run_dir / "metrics.jsonl"
@@ -177,12 +189,12 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
         deadline = time.time() + 900
         while 1 not in metrics_steps() and time.time() < deadline:
             time.sleep(0.2)
-        for pid in _pids("ray::RolloutActor")[:1]:
+        for pid in _pids("ray::RolloutActor", tag)[:1]:
             os.kill(pid, signal.SIGKILL)
             events.append("rollout")
         while 3 not in metrics_steps() and time.time() < deadline:
             time.sleep(0.2)
-        for pid in _pids("ray::Learner")[:1]:
+        for pid in _pids("ray::Learner", tag)[:1]:
             os.kill(pid, signal.SIGKILL)
             events.append("learner")
 
