@@ -56,11 +56,11 @@ def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: Learner
                          learner_cpus_per_rank=cluster.learner_cpus_per_rank)
         if plan.colocate:
             raise ConfigError("cluster.colocate: the actor groups do not place colocated pools yet")
-        rb = [plan.node_bundles[s.node][s.bundles[0]] for s in plan.engines]
-        lb = [plan.node_bundles[s.node][s.bundles[0]] for s in plan.ranks]
+        rb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.rollout_resources} for s in plan.engines]
+        lb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.learner_resources} for s in plan.ranks]
         return PoolLayout(rb, lb, "nccl", plan)
-    rb = [{"CPU": float(cluster.rollout_cpus_per_engine)} for _ in range(rollout.num_engines)]
-    lb = [{"CPU": float(cluster.learner_cpus_per_rank)} for _ in range(learner.num_ranks)]
+    rb = [{"CPU": float(cluster.rollout_cpus_per_engine), **cluster.rollout_resources} for _ in range(rollout.num_engines)]
+    lb = [{"CPU": float(cluster.learner_cpus_per_rank), **cluster.learner_resources} for _ in range(learner.num_ranks)]
     return PoolLayout(rb, lb, "gloo")
 
 
@@ -126,6 +126,9 @@ class RolloutGroup:
             def pid(self) -> int:
                 return os.getpid()
 
+            def node_id(self) -> str:
+                return ray.get_runtime_context().get_node_id()
+
         self.cfg, self._full_cfg, self._device = cfg.rollout, cfg, device
         self.pg = _placement_group(layout.rollout_bundles, "rl_vlm_rollout")
         self._bundles = layout.rollout_bundles
@@ -134,6 +137,8 @@ class RolloutGroup:
         self.weight_version = 0
         self._refs: list[Any] = []
         self.restarts = 0
+        self.collective = False
+        """Weights arrive through the weight-sync group (:func:`connect_weight_sync`)."""
 
     def _start(self, i: int) -> Any:
         b = self._bundles[i]
@@ -149,6 +154,8 @@ class RolloutGroup:
         logging.getLogger("rl_vlm.cluster").warning(
             "rollout engine %d died; restarting it and loading weight version %d", i, self.weight_version)
         ray.kill(self.actors[i], no_restart=True)
+        if self.collective:  # the group lost a member; a new group needs every member again
+            raise WorkerFailure(f"rollout engine {i} died; the weight-sync group cannot take it back")
         self.actors[i] = self._start(i)
         self.restarts += 1
         if self._refs:
@@ -190,8 +197,13 @@ class RolloutGroup:
             rollout_logprobs=[s.logprobs for s in samples], response_texts=[s.text for s in samples],
             truncated=[s.truncated for s in samples], weight_version=self.weight_version)
 
-    def load_weights(self, refs: list[Any], version: int) -> list[int]:
+    def load_weights(self, refs: list[Any] | CollectiveSync, version: int) -> list[int]:
         """Every engine loads the buckets; returns the version each engine reports."""
+        if isinstance(refs, CollectiveSync):  # learner rank 0 is broadcasting: receive alongside
+            self.weight_version = version
+            versions = self.call("receive_weights", version)
+            LearnerGroup._get(refs.futures)
+            return versions
         self._refs, self.weight_version = refs, version
         versions = self._call("load_buckets", {i: (refs, version) for i in range(len(self.actors))})
         return [versions[i] for i in sorted(versions)]
@@ -199,6 +211,40 @@ class RolloutGroup:
     def call(self, method: str, *args: Any) -> list[Any]:
         out = self._call(method, {i: args for i in range(len(self.actors))})
         return [out[i] for i in sorted(out)]
+
+
+@dataclass(frozen=True)
+class CollectiveSync:
+    """A collective weight sync in flight: the learner ranks' ``broadcast_weights`` futures."""
+
+    futures: list[Any]
+
+
+def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: str) -> str:
+    """Build the weight-sync group if ``cluster.weight_sync`` resolves to ``collective``: learner
+    rank 0 is group rank 0 (it hosts the rendezvous store), engine i's vLLM worker j is rank
+    ``1 + i * tensor_parallel_size + j``. Returns the resolved mode."""
+    import ray
+
+    from rl_vlm.weight_sync import resolve_weight_sync, sync_backend
+
+    cfg = learners.cfg
+    mode = resolve_weight_sync(cfg.cluster.weight_sync, device)
+    if mode != "collective":
+        return mode
+    tp, backend = cfg.rollout.tensor_parallel_size if device == "gpu" else 1, sync_backend(device)
+    world = 1 + len(rollout.actors) * tp
+    bucket_bytes = cfg.cluster.weight_sync_bucket_mb << 20
+    host, port = ray.get(learners.actors[0].free_address.remote())
+    plan = ray.get(learners.actors[0].weight_plan.remote(bucket_bytes))
+    # Every member blocks in the rendezvous until all have joined: start them all, then wait.
+    joins = [a.join_weight_group.remote(host, port, world, backend, bucket_bytes) for a in learners.actors]
+    engines = [a.join_weight_group.remote(host, port, 1 + i * tp, world, backend, plan)
+               for i, a in enumerate(rollout.actors)]
+    learners._get(joins)
+    ray.get(engines)
+    rollout.collective = learners.collective = True
+    return mode
 
 
 # ------------------------------------------------------------------------------------ learner
@@ -233,6 +279,7 @@ class LearnerGroup:
         gas = per_rank // cfg.learner.micro_batch_size
         counts = self._get([a.init.remote(addr, port, gas) for a in self.actors])
         self.num_params = counts[0]
+        self.collective = False
 
     @staticmethod
     def _get(futures: list[Any]) -> list[Any]:
@@ -347,9 +394,16 @@ class LearnerGroup:
                 metrics[k] = metrics.get(k, 0.0) + v
         return metrics
 
-    def gather_weights(self, bucket_bytes: int = 64 << 20) -> list[Any]:
-
+    def gather_weights(self) -> list[Any] | CollectiveSync:
+        """Object store: the ObjectRefs of the gathered buckets. Collective: the ranks' pending
+        gather-and-broadcast calls, which :meth:`RolloutGroup.load_weights` receives and awaits."""
+        if self.collective:
+            return CollectiveSync([a.broadcast_weights.remote() for a in self.actors])
+        bucket_bytes = self.cfg.cluster.weight_sync_bucket_mb << 20
         return self._get([a.gather_weights.remote(bucket_bytes) for a in self.actors])[0]
+
+    def node_ids(self) -> list[str]:
+        return self._get([a.node_id.remote() for a in self.actors])
 
     def save_hf(self, out_dir: str) -> None:
 

@@ -413,6 +413,19 @@ class ClusterConfig:
     update), so ``rollout.num_engines * rollout.tensor_parallel_size`` must equal
     ``learner.num_ranks``. The placement is planned and validated (:mod:`rl_vlm.placement`); the
     actor groups do not run it yet, so ``validate`` refuses it."""
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources in every rollout bundle, e.g. ``{rollout_node: 1}`` with a custom
+    resource that only some nodes advertise (``ray start --resources``): pins the pool to them."""
+    learner_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources in every learner bundle (as ``rollout_resources``)."""
+    weight_sync: Literal["auto", "object_store", "collective"] = "auto"
+    """How the learner's weights reach the engines after each update (:mod:`rl_vlm.weight_sync`):
+    ``object_store`` = rank 0 puts buckets in Ray's object store and every engine fetches them;
+    ``collective`` = rank 0 broadcasts each bucket to every vLLM worker through a process group of
+    their own (nccl on GPU, gloo on CPU); ``auto`` = collective on GPU, object_store on CPU."""
+    weight_sync_bucket_mb: int = 64
+    """Size of a weight-sync bucket (MiB): parameters are gathered, sent and received this many
+    at a time (a larger parameter gets a bucket of its own)."""
     log_to_driver: bool = False
     """Stream every actor's stdout/stderr (vLLM and DeepSpeed logs) to the driver's console. Off,
     they go to Ray's session logs (``/tmp/ray/session_latest/logs``); actor errors are raised
@@ -573,6 +586,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(d.rollout_batch_size > 0, "data.rollout_batch_size", "must be positive")
     _require(r.n >= 2, "rollout.n", f"GRPO needs at least 2 samples per prompt, got {r.n}")
     _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
+    _require(c.weight_sync_bucket_mb > 0, "cluster.weight_sync_bucket_mb", "must be positive")
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
     _require(r.num_engines >= 1, "rollout.num_engines", "must be >= 1")

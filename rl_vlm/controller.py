@@ -78,7 +78,7 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
     ``with_learners=False`` starts only the rollout pool (evaluation)."""
     from transformers import AutoProcessor
 
-    from rl_vlm.cluster import LearnerGroup, RolloutGroup, pool_layout, start_ray
+    from rl_vlm.cluster import LearnerGroup, RolloutGroup, connect_weight_sync, pool_layout, start_ray
     from rl_vlm.data.dataset import PromptSampler, RowDataset
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)
@@ -93,6 +93,8 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
     start_ray(cfg, layout)
     rollout = RolloutGroup(cfg, layout, device)
     learners = LearnerGroup(cfg, layout, device) if with_learners else None
+    if learners is not None:
+        connect_weight_sync(rollout, learners, device)
     return System(cfg, curriculum.sampler, val_prompts, rollout, learners, curriculum.rewards, processor.tokenizer,
                   curriculum)
 

@@ -100,6 +100,13 @@ class Learner:
         return os.getpid()
 
     @staticmethod
+    def node_id() -> str:
+        """The Ray node this rank runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    @staticmethod
     def free_address() -> tuple[str, int]:
         """This node's IP and a free TCP port, for the process-group rendezvous."""
         import socket
@@ -411,6 +418,37 @@ class Learner:
         if group:
             flush_group()
         return refs
+
+    def weight_plan(self, bucket_bytes: int) -> list[list[Any]]:
+        """The bucket plan (:func:`rl_vlm.weight_sync.plan_buckets`) of the full parameters: what
+        the engines pre-allocate for a collective sync. Needs no gather (ZeRO-3 keeps full shapes)."""
+        from rl_vlm.weight_sync import TensorSpec, plan_buckets
+
+        specs = [TensorSpec(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
+                 for n, p in self.engine.module.named_parameters()]
+        return plan_buckets(specs, bucket_bytes)
+
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str,
+                          bucket_bytes: int) -> None:
+        """Rank 0 joins the weight-sync group as its rank 0 (hosting the store); other ranks only
+        keep the plan, since they take part in the gathers."""
+        from rl_vlm.weight_sync import WeightGroup
+
+        self._sync_plan = self.weight_plan(bucket_bytes)
+        self._sync_group = WeightGroup(host, port, 0, world_size, backend) if self.rank == 0 else None
+
+    def broadcast_weights(self) -> int:
+        """Gather the full parameters bucket by bucket (collective: every rank must call) and
+        broadcast each from rank 0 to the vLLM workers; returns the number of buckets."""
+        import deepspeed
+
+        params = dict(self.engine.module.named_parameters())
+        for bucket in self._sync_plan:
+            group = [params[s.name] for s in bucket]
+            with deepspeed.zero.GatheredParameters(group, modifier_rank=None, enabled=self.cfg.zero_stage == 3):
+                if self._sync_group is not None:
+                    self._sync_group.send_buckets([bucket], [[p.detach() for p in group]])
+        return len(self._sync_plan)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str) -> None:

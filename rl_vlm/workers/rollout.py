@@ -84,12 +84,27 @@ class RolloutEngine:
     def update_weights(self, buckets: list[list[tuple[str, torch.Tensor]]], version: int) -> int:
         """Load full (unsharded) HF-named parameters into the live engine; returns the new version."""
         self.llm.collective_rpc("rl_vlm_reload", args=(buckets,))
+        return self._reloaded(version)
+
+    def _reloaded(self, version: int) -> int:
         # Cached prefixes, processed images and encoder outputs were computed by the old weights.
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.weight_version = version
         return version
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          plan: list[list[Any]]) -> list[int]:
+        """Every vLLM worker of this engine joins the weight-sync group (``cluster.weight_sync=
+        collective``); blocks until learner rank 0 and every other engine have joined too.
+        Returns the workers' group ranks."""
+        return self.llm.collective_rpc("rl_vlm_join_group", args=(host, port, rank_offset, world_size, backend, plan))
+
+    def receive_weights(self, version: int) -> int:
+        """Receive the buckets learner rank 0 broadcasts and load them (collective weight sync)."""
+        self.llm.collective_rpc("rl_vlm_receive")
+        return self._reloaded(version)
 
     def prompt_logprobs(self, prompt: Prompt, response_ids: list[int]) -> list[float]:
         """The engine's log-prob of each of ``response_ids`` after ``prompt`` (teacher-forced)."""

@@ -20,3 +20,19 @@ class WeightUpdateExtension:
         weights = ((name, tensor) for bucket in buckets for name, tensor in bucket)
         self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         return sum(len(b) for b in buckets)
+
+    def rl_vlm_join_group(self: Any, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          plan: list[list[Any]]) -> int:
+        """Join the weight-sync group (:class:`rl_vlm.weight_sync.WeightGroup`) as rank
+        ``rank_offset`` + this worker's rank in its engine; keep the bucket plan for every sync."""
+        from rl_vlm.weight_sync import WeightGroup
+
+        rank = rank_offset + int(getattr(self, "rank", 0))
+        self.rl_vlm_group = WeightGroup(host, port, rank, world_size, backend)
+        self.rl_vlm_plan = plan
+        return rank
+
+    def rl_vlm_receive(self: Any) -> int:
+        """Receive every bucket from learner rank 0, then reload them all in one call."""
+        buckets = self.rl_vlm_group.receive_buckets(self.rl_vlm_plan)
+        return self.rl_vlm_reload(buckets)

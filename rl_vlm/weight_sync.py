@@ -1,0 +1,156 @@
+"""Weight sync from learner rank 0 to every vLLM worker through a collective.
+
+Two transports move the learner's gathered (unsharded, HF-named) parameters into the engines
+(``cluster.weight_sync``):
+
+- ``object_store``: rank 0 puts each bucket in Ray's object store, every engine ``ray.get``s all
+  of them (CPU default; a restarted engine reloads the last buckets from there).
+- ``collective``: a process group of learner rank 0 (group rank 0) and every vLLM worker
+  (ranks 1..), made with its own TCPStore rendezvous so it never touches the learners'
+  DeepSpeed group. The bucket plan (names, shapes, dtypes) is sent once when the group is made;
+  each sync is then one broadcast per bucket of a flat byte buffer that the workers receive into
+  a pre-allocated buffer. ``nccl`` on GPU, ``gloo`` on CPU.
+
+This module imports only torch: the planning and packing are pure functions, tested without
+Ray or vLLM; :class:`WeightGroup` is the transport both sides use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable, Literal
+
+import torch
+
+ALIGN = 16
+"""Byte alignment of every tensor inside a packed bucket (so ``view(dtype)`` is legal)."""
+
+STORE_PREFIX = "rl_vlm_weight_sync"
+
+
+def resolve_weight_sync(mode: str, device: str) -> Literal["object_store", "collective"]:
+    """``cluster.weight_sync`` for the resolved device: ``auto`` = collective on GPU, object store
+    on CPU; an explicit choice is kept."""
+    if mode == "auto":
+        return "collective" if device == "gpu" else "object_store"
+    if mode not in ("object_store", "collective"):
+        raise ValueError(f"unknown weight_sync {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def sync_backend(device: str) -> Literal["nccl", "gloo"]:
+    return "nccl" if device == "gpu" else "gloo"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One parameter as the receivers pre-allocate it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def plan_buckets(specs: list[TensorSpec], bucket_bytes: int) -> list[list[TensorSpec]]:
+    """Cut the parameters, in order, into buckets: a bucket closes as soon as it holds at least
+    ``bucket_bytes`` (so a parameter larger than the limit gets a bucket of its own, and no
+    bucket is empty). Both transports use this plan."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+    buckets: list[list[TensorSpec]] = []
+    current: list[TensorSpec] = []
+    size = 0
+    for s in specs:
+        current.append(s)
+        size += s.nbytes
+        if size >= bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def bucket_offsets(bucket: list[TensorSpec]) -> tuple[list[int], int]:
+    """Byte offset of every tensor in the packed buffer (each aligned to :data:`ALIGN`) and the
+    buffer's total size."""
+    offsets, off = [], 0
+    for s in bucket:
+        offsets.append(off)
+        off += (s.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    return offsets, off
+
+
+def pack_bucket(bucket: list[TensorSpec], tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+    """[nbytes] uint8: the bucket's tensors laid out at :func:`bucket_offsets`."""
+    offsets, total = bucket_offsets(bucket)
+    buf = torch.zeros(total, dtype=torch.uint8, device=device)
+    for s, off, t in zip(bucket, offsets, tensors, strict=True):
+        if tuple(t.shape) != s.shape or t.dtype != s.dtype:
+            raise ValueError(f"{s.name}: got {tuple(t.shape)} {t.dtype}, the plan says {s.shape} {s.dtype}")
+        buf[off: off + s.nbytes].copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
+    return buf
+
+
+def unpack_bucket(bucket: list[TensorSpec], buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) views into ``buf`` (a packed bucket), in plan order."""
+    offsets, _ = bucket_offsets(bucket)
+    return [(s.name, buf[off: off + s.nbytes].view(s.dtype).view(s.shape)) for s, off in zip(bucket, offsets)]
+
+
+class WeightGroup:
+    """A process group of ``world_size`` members, outside ``torch.distributed``'s default group.
+
+    Rank 0 (learner rank 0) hosts the TCPStore at ``host:port``; the others connect to it. Only
+    the ProcessGroup object is used (no global state), so it coexists with the DeepSpeed group
+    in the learner and with vLLM's own groups in the workers."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                 timeout_s: float = 600.0) -> None:
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s)
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
+                                   wait_for_workers=False)
+        prefixed = dist.PrefixStore(STORE_PREFIX, self.store)
+        if backend == "gloo":
+            self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+            self.device = torch.device("cpu")
+        elif backend == "nccl":
+            self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, timeout)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
+
+    def broadcast(self, buf: torch.Tensor) -> None:
+        """In place: rank 0's ``buf`` lands in every member's ``buf`` (same size and dtype)."""
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank, opts.rootTensor = 0, 0
+        self.pg.broadcast([buf], opts).wait()
+        if buf.is_cuda:
+            torch.cuda.current_stream().synchronize()
+
+    def send_buckets(self, plan: list[list[TensorSpec]], tensors: Iterable[list[torch.Tensor]]) -> None:
+        """Rank 0: broadcast each bucket (``tensors`` yields one list per bucket, in plan order)."""
+        for bucket, ts in zip(plan, tensors, strict=True):
+            self.broadcast(pack_bucket(bucket, ts, self.device))
+
+    def receive_buckets(self, plan: list[list[TensorSpec]]) -> list[list[tuple[str, torch.Tensor]]]:
+        """Ranks > 0: every bucket of ``plan``, received into freshly allocated buffers."""
+        out = []
+        for bucket in plan:
+            buf = torch.empty(bucket_offsets(bucket)[1], dtype=torch.uint8, device=self.device)
+            self.broadcast(buf)
+            out.append(unpack_bucket(bucket, buf))
+        return out
