@@ -29,6 +29,10 @@ ACTOR_ENV = {
 }
 
 
+LOCAL_START_ATTEMPTS = 3
+"""Tries to start the private local Ray instance before giving up."""
+
+
 @dataclass(frozen=True)
 class PoolLayout:
     """Resources of one bundle per rollout engine and one per learner rank."""
@@ -75,8 +79,16 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
     runtime_env = {"env_vars": env}
     if cfg.cluster.address == "local":
         cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
-        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level="WARNING")
+        for attempt in range(LOCAL_START_ATTEMPTS):
+            try:
+                ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
+                         log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level="WARNING")
+                break
+            except Exception as e:  # Ray raises a bare Exception when its raylet registers too slowly
+                # Ray waits a fixed 30 s for its raylet; an overloaded machine can miss that.
+                if "timed out during startup" not in str(e) or attempt == LOCAL_START_ATTEMPTS - 1:
+                    raise
+                ray.shutdown()
     else:
         ray.init(address=cfg.cluster.address, runtime_env=runtime_env, log_to_driver=cfg.cluster.log_to_driver)
 
