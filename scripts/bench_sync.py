@@ -1,0 +1,180 @@
+"""Weight-sync time and bandwidth: learner (2 ZeRO-3 ranks) -> every vLLM engine, by model size.
+
+For each size a random-weight Qwen2.5-VL is built, a LearnerGroup and a RolloutGroup are started
+exactly as ``rl-vlm train`` starts them (:mod:`rl_vlm.cluster`, one Ray instance for all sizes),
+and the production path is timed ``--repeats`` times:
+
+    refs = learners.gather_weights()          # ZeRO-3 all-gather, copy, ray.put per bucket
+    versions = rollout.load_weights(refs, v)  # every engine: ray.get + vLLM layer-wise reload
+
+``versions`` must come back as ``v`` from every engine (the new weights are visible). Effective
+bandwidth = parameter bytes / sync seconds. Next to it, in the same run: a plain in-process copy
+of the same tensors (``dst.copy_(src)`` per parameter, 1 thread) -- the limit of moving those
+bytes once on this machine. The engine side is split into object-store fetch and vLLM reload.
+
+    .venv/bin/python scripts/bench_sync.py                    # tiny .. xl250m
+    .venv/bin/python scripts/bench_sync.py --sizes tiny,xxl500m
+    .venv/bin/python scripts/bench_sync.py --smoke            # tiny, 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, build_model, load, machine, median, write_json  # noqa: E402
+
+
+def memcpy_baseline(shapes: list[tuple[int, ...]], repeats: int) -> float:
+    """Seconds to copy tensors of ``shapes`` (fp32) into preallocated ones, 1 thread, median."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        src = [torch.randn(s) for s in shapes]
+        dst = [torch.empty(s) for s in shapes]
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for d, s in zip(dst, src):
+                d.copy_(s)
+            times.append(time.perf_counter() - t0)
+        return median(times[1:])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _engine_load_split(engine: Any, refs: list[Any], version: int) -> tuple[float, float]:
+    """Inside a rollout actor: (object-store fetch s, vLLM reload s) of one sync."""
+    import ray
+
+    t0 = time.perf_counter()
+    buckets = ray.get(list(refs))
+    t1 = time.perf_counter()
+    engine.update_weights(buckets, version)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, modes: list[str]) -> dict[str, Any]:
+    import ray
+    import torch
+    from ray.util import remove_placement_group
+
+    from rl_vlm import cluster
+    from rl_vlm.cluster import LearnerGroup, RolloutGroup, pool_layout, start_ray
+    from rl_vlm.compose import compose
+    from rl_vlm.config import resolve_device, validate
+
+    cfg = compose([f"model.path={model}", f"rollout.num_engines={a.engines}", "learner.num_ranks=2",
+                   "data.rollout_batch_size=2", "rollout.n=2", "learner.mini_batch_size=2",
+                   "learner.micro_batch_size=2", f"trainer.output_dir={out}"]
+                  + (["cluster.weight_sync=collective"] if "collective" in modes else []))
+    validate(cfg)
+    device = resolve_device(cfg.cluster.device)
+    layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
+    start_ray(cfg, layout)
+    t0 = time.perf_counter()
+    rollout = RolloutGroup(cfg, layout, device)
+    learners = LearnerGroup(cfg, layout, device)
+    if hasattr(cluster, "connect_weight_sync"):
+        cluster.connect_weight_sync(rollout, learners, device)
+    ray.get([a_.pid.remote() for a_ in rollout.actors])  # engines up
+    startup = time.perf_counter() - t0
+    try:
+        from safetensors import safe_open
+
+        shapes, nbytes = [], 0
+        for f in sorted(model.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for k in st.keys():
+                    shape = tuple(st.get_slice(k).get_shape())
+                    shapes.append(shape)
+                    nbytes += 4 * int(torch.Size(shape).numel())
+        results: dict[str, Any] = {}
+        for mode in modes:
+            rollout.collective = learners.collective = mode == "collective"
+            gather, load_, total, fetch, reload_ = [], [], [], [], []
+            for r in range(a.repeats + 1):  # the first is a warm-up
+                v = r + 1
+                t0 = time.perf_counter()
+                refs = learners.gather_weights()
+                t1 = time.perf_counter()
+                versions = rollout.load_weights(refs, v)
+                t2 = time.perf_counter()
+                if versions != [v] * a.engines:
+                    raise RuntimeError(f"engines report versions {versions}, expected {v}")
+                gather.append(t1 - t0)
+                load_.append(t2 - t1)
+                total.append(t2 - t0)
+                if mode == "object_store":  # the engine side once more, split (same buckets, a new version)
+                    splits = ray.get([e.__ray_call__.remote(_engine_load_split, refs, 1000 + v) for e in rollout.actors])
+                    fetch.append(max(s[0] for s in splits))
+                    reload_.append(max(s[1] for s in splits))
+                del refs
+            sl = slice(1, None) if a.repeats else slice(0, None)
+            copy_s = memcpy_baseline(shapes, max(a.repeats, 1))
+            sync_s = median(total[sl])
+            res = {"mode": mode, "parameters": n_params, "bytes": nbytes,
+                   "startup_s": startup, "sync_s": sync_s, "sync_s_all": total,
+                   "gather_s": median(gather[sl]), "load_s": median(load_[sl]),
+                   "engine_fetch_s": median(fetch[sl]) if fetch else float("nan"),
+                   "engine_reload_s": median(reload_[sl]) if reload_ else float("nan"),
+                   "memcpy_s": copy_s, "sync_gb_per_s": nbytes / sync_s / 1e9, "memcpy_gb_per_s": nbytes / copy_s / 1e9,
+                   "load": load()}
+            res["ratio_to_memcpy"] = res["sync_gb_per_s"] / res["memcpy_gb_per_s"]
+            results[mode] = res
+        return results
+    finally:
+        for actor in rollout.actors + learners.actors:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(rollout.pg)
+        remove_placement_group(learners.pg)
+        time.sleep(1.0)
+
+
+def main() -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="tiny,s5m,m60m,l120m,xl250m")
+    p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--modes", default="object_store,collective",
+                   help="cluster.weight_sync transports to time (collective needs rl_vlm.cluster.connect_weight_sync)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=str(REPO / "runs" / "bench" / "sync"))
+    p.add_argument("--smoke", action="store_true", help="tiny model, 1 measured repeat")
+    a = p.parse_args()
+    if a.smoke:
+        a.sizes, a.repeats = "tiny", 1
+    out = Path(a.out)
+    from rl_vlm import cluster
+
+    modes = [m for m in a.modes.split(",") if m == "object_store" or hasattr(cluster, "connect_weight_sync")]
+    report: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in vars(a).items() if k != "out"},
+                              "results": {}}
+    try:
+        for size in a.sizes.split(","):
+            model, n = build_model(out.parent / "models" / size, size)
+            print(f"[{time.strftime('%H:%M:%S')}] {size}: {n / 1e6:.1f} M parameters, load {load()}", flush=True)
+            for mode, r in measure_size(model, n, a, out, modes).items():
+                report["results"][f"{size}/{mode}"] = r
+                print(f"  {mode}: sync {r['sync_s']:.3f} s ({r['sync_gb_per_s']:.2f} GB/s: gather {r['gather_s']:.3f}, "
+                      f"load {r['load_s']:.3f} [fetch {r['engine_fetch_s']:.3f}, reload {r['engine_reload_s']:.3f}]); "
+                      f"memcpy {r['memcpy_s']:.3f} s ({r['memcpy_gb_per_s']:.2f} GB/s); "
+                      f"ratio {r['ratio_to_memcpy']:.3f}", flush=True)
+            write_json(out / "results.json", report)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    report["machine"]["load_after"] = load()
+    write_json(out / "results.json", report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
