@@ -179,7 +179,7 @@ def main() -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--frameworks", default="rl_vlm,trl")
-    p.add_argument("--trl-threads", type=int, default=0, help="torch threads of the TRL process (0: all cores)")
+    p.add_argument("--trl-threads", type=int, default=1, help="torch threads of the TRL process (0: all cores)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "e2e"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 warm-up step")
     a = p.parse_args()
