@@ -403,10 +403,13 @@ class Learner:
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None,
                                                    enabled=self.cfg.zero_stage == 3):
                 if self.rank == 0:
+                    # Put while gathered, as numpy views: Ray copies arrays once into shared
+                    # memory and engines read them without a copy; pickled torch tensors cost
+                    # ~10x more (scripts/bench_sync.py). numpy has no bfloat16: those stay tensors.
                     for name, p in group:
-                        bucket.append((name, p.detach().to("cpu", copy=True)))
-            if self.rank == 0:
-                refs.append(ray.put(bucket))
+                        t = p.detach().cpu()
+                        bucket.append((name, t if t.dtype == torch.bfloat16 else t.numpy()))
+                    refs.append(ray.put(bucket))
             bucket, size = [], 0
             group.clear()
 

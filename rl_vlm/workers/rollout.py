@@ -82,7 +82,15 @@ class RolloutEngine:
         return samples
 
     def update_weights(self, buckets: list[list[tuple[str, torch.Tensor]]], version: int) -> int:
-        """Load full (unsharded) HF-named parameters into the live engine; returns the new version."""
+        """Load full (unsharded) HF-named parameters into the live engine; returns the new version.
+        Values may be numpy arrays (the learner's object-store buckets): read in place, never written."""
+        import warnings
+
+        import numpy as np
+
+        with warnings.catch_warnings():  # arrays from the object store are read-only; reload only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            buckets = [[(n, torch.from_numpy(t) if isinstance(t, np.ndarray) else t) for n, t in b] for b in buckets]
         self.llm.collective_rpc("rl_vlm_reload", args=(buckets,))
         return self._reloaded(version)
 
