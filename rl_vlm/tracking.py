@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +59,7 @@ class Tracker:
                 with open(id_file, encoding="utf-8") as f:
                     run_id = f.read().strip()
             else:
-                run_id = wandb.util.generate_id()
+                run_id = secrets.token_hex(4)  # wandb ids: short lowercase alphanumerics
                 with open(id_file, "w", encoding="utf-8") as f:
                     f.write(run_id)
             self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or os.path.basename(run_dir),
