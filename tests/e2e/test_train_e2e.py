@@ -66,7 +66,9 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
                     "time/update_s", "time/sync_s", "perf/tokens_per_s"):
             assert key in r, key
         assert r["actor/grad_norm"] > 0
-        assert r["actor/kl"] >= 0
+        # k3 >= 0 exactly in real arithmetic; at step 1 (policy == reference) fp32 rounding of
+        # exp(δ) − δ − 1 around δ ≈ 0 can leave ~1e-9 of either sign.
+        assert r["actor/kl"] >= -1e-6
         # 2 mini-batches per step -> 2 optimizer steps; lr is constant (no warm-up).
         assert r["actor/lr"] == pytest.approx(1e-3)
     # Rollouts of step s >= 2 were sampled by engines holding the weights synced after step s-1,
