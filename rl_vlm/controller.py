@@ -20,15 +20,7 @@ import torch
 
 from rl_vlm.algorithms import build_algorithm
 from rl_vlm.batch import Prompt, RolloutBatch
-from rl_vlm.checkpoint import (
-    CheckpointError,
-    CheckpointStore,
-    check_resume_config,
-    install_stop_handler,
-    rng_state,
-    save_torch_atomic,
-    set_rng_state,
-)
+from rl_vlm.checkpoint import CheckpointStore, install_stop_handler
 from rl_vlm.cluster import WorkerFailure
 from rl_vlm.config import Config, resolve_device, to_dict, validate
 from rl_vlm.curriculum import Curriculum, rollout_and_score, sft_step
@@ -37,6 +29,12 @@ from rl_vlm.experience import (
     branch_of,
     learner_batch,
     pad_responses,
+)
+from rl_vlm.resume import (
+    restore_checkpoint,
+    resume_point,
+    save_checkpoint,
+    write_resolved_config,
 )
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.tracking import PhaseTimer, Tracker
@@ -78,7 +76,13 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
     ``with_learners=False`` starts only the rollout pool (evaluation)."""
     from transformers import AutoProcessor
 
-    from rl_vlm.cluster import LearnerGroup, RolloutGroup, connect_weight_sync, pool_layout, start_ray
+    from rl_vlm.cluster import (
+        LearnerGroup,
+        RolloutGroup,
+        connect_weight_sync,
+        pool_layout,
+        start_ray,
+    )
     from rl_vlm.data.dataset import PromptSampler, RowDataset
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)
@@ -215,7 +219,7 @@ def train(cfg: Config) -> str:
     run_dir = cfg.trainer.output_dir
     os.makedirs(run_dir, exist_ok=True)
     store = CheckpointStore(run_dir, cfg.trainer.keep_last)
-    resume_from = _resume_point(cfg, store)
+    resume_from = resume_point(cfg, store)
     for restart in range(cfg.trainer.max_restarts + 1):
         try:
             return _run(cfg, store, resume_from)
@@ -233,7 +237,7 @@ def train(cfg: Config) -> str:
 
 def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
     t, run_dir = cfg.trainer, cfg.trainer.output_dir
-    _write_resolved_config(cfg, run_dir)
+    write_resolved_config(cfg, run_dir)
     algorithm = build_algorithm(cfg.algorithm)
     sys_ = build_system(cfg)
     start = restore_checkpoint(sys_, resume_from) if resume_from else 0
@@ -271,53 +275,6 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
     return run_dir
 
 
-def save_checkpoint(sys_: System, store: CheckpointStore, step: int) -> str:
-    """Write the complete state after ``step`` atomically: learner shards (model, optimizer,
-    scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version) + config."""
-    t0 = time.perf_counter()
-    with store.begin(step) as ck:
-        sys_.learners.save_checkpoint(ck.path)
-        save_torch_atomic(os.path.join(ck.path, "driver.pt"), {
-            "step": step, "sampler": sys_.train_sampler.state_dict(), "rng": rng_state(),
-            "weight_version": sys_.rollout.weight_version, "curriculum": sys_.curriculum.state_dict()})
-        _write_resolved_config(sys_.cfg, ck.path)
-        # Fault injection for tests: widen the window in which a crash hits a half-written save.
-        time.sleep(float(os.environ.get("RL_VLM_FAULT_SAVE_SLEEP_S", "0")))
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ck.final_path) for f in fs)
-    return f"checkpoint {ck.final_path}: {size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s"
-
-
-def restore_checkpoint(sys_: System, path: str) -> int:
-    """Load checkpoint ``path`` into the running system; returns the step it was taken after."""
-    sys_.learners.load_checkpoint(path)
-    state = torch.load(os.path.join(path, "driver.pt"), weights_only=False)
-    if "curriculum" in state:  # the stage, every stage's sampler position, the difficulty estimates
-        sys_.curriculum.load_state_dict(state["curriculum"])
-        sys_.curriculum.install(sys_)
-    sys_.train_sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
-    sys_.rollout.load_weights(sys_.learners.gather_weights(), state["weight_version"])
-    return int(state["step"])
-
-
-def _resume_point(cfg: Config, store: CheckpointStore) -> str | None:
-    """The checkpoint to resume from, after checking the config may change as it does."""
-    import yaml
-
-    path = store.resolve(cfg.trainer.resume)
-    if cfg.trainer.resume == "off" and store.latest():
-        raise CheckpointError(f"trainer.resume=off but {cfg.trainer.output_dir} already holds checkpoints "
-                              f"(newest: {store.latest()}); use trainer.resume=auto to continue it, or a new "
-                              "trainer.output_dir to start over")
-    if path is None:
-        return None
-    with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
-        saved = yaml.safe_load(f)
-    for line in check_resume_config(saved, to_dict(cfg)):
-        log.warning("resume from %s applies a config change: %s", path, line)
-    return path
-
-
 def evaluate(cfg: Config) -> dict[str, float]:
     """Score ``model.path`` on ``data.val_files`` (``data.val_size`` rows, ``rollout.val_n``
     samples each at ``rollout.val_temperature``): reward, accuracy and pass@k. Writes
@@ -334,13 +291,6 @@ def evaluate(cfg: Config) -> dict[str, float]:
     with open(os.path.join(cfg.trainer.output_dir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump({"model": cfg.model.path, "val_files": list(cfg.data.val_files), **metrics}, f, indent=2)
     return metrics
-
-
-def _write_resolved_config(cfg: Config, run_dir: str) -> None:
-    import yaml
-
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
 def _shutdown() -> None:
