@@ -125,6 +125,13 @@ class LearnerConfig:
     offload_params: bool = False
     torch_threads: int = 1
     """Intra-op threads per learner process on CPU (2 ranks share a 2-core box)."""
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
+    """Where π_old comes from. ``recompute`` (verl/EasyR1): a no-grad learner pass over the step's
+    sequences before the update. ``rollout``: the log-probs vLLM returned while sampling (the
+    behaviour policy's own, same weights), which skips that pass (~15 % of a 60 M model's step
+    here, docs/benchmarks.md); needs rollout.temperature = 1 and top_p = 1 (vLLM reports the
+    raw distribution) and an engine whose numerics match the learner's (fp32 on CPU: they agree
+    to ~1e-5; bf16 vLLM vs an fp32 learner does not, so ``recompute`` stays the default)."""
 
 
 @dataclass(frozen=True)
@@ -606,6 +613,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(l.micro_batch_size > 0 and per_rank % l.micro_batch_size == 0, "learner.micro_batch_size",
              f"{l.micro_batch_size} must divide the {per_rank} sequences each rank gets per mini-batch "
              f"(learner.mini_batch_size * rollout.n / learner.num_ranks)")
+    _require(l.old_logprobs == "recompute" or (r.temperature == 1.0 and r.top_p == 1.0), "learner.old_logprobs",
+             f"'rollout' needs rollout.temperature=1 and rollout.top_p=1 (vLLM returns log-probs of the raw "
+             f"distribution), got temperature={r.temperature}, top_p={r.top_p}; use 'recompute'")
     _require(d.rollout_batch_size % r.num_engines == 0 or d.rollout_batch_size >= r.num_engines,
              "rollout.num_engines", f"{r.num_engines} engines for {d.rollout_batch_size} prompts")
     _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip ranges must be >= 0")

@@ -133,7 +133,8 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         batch = learner_batch(rollout, algorithm, len(prompts), seed, step)
         set_batch = (cfg.learner.mini_batch_size, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, step, total)
         sys_.learners.set_batch(batch, *set_batch)
-        old = sys_.learners.compute_logprobs()
+        old = (sys_.learners.compute_logprobs() if cfg.learner.old_logprobs == "recompute"
+               else [torch.tensor(lp, dtype=torch.float32) for lp in rollout.rollout_logprobs])
         ref = sys_.learners.compute_logprobs("reference") if algorithm.needs_reference else None
         extras = _hook_extras(sys_, algorithm, rollout, len(prompts), old, ref, step)
     with timer("advantage"):

@@ -61,10 +61,10 @@ def plots(e2e: dict | None, sync: dict | None, scaling: dict | None) -> list[str
     if e2e and e2e["results"]:
         sizes = list(e2e["results"])
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-        w = 0.38
-        for j, fw in enumerate(("rl_vlm", "trl")):
+        w = 0.8 / len(FRAMEWORKS)
+        for j, (fw, name) in enumerate(FRAMEWORKS):
             vals = [e2e["results"][s].get(fw, {}).get("completions_per_s", 0) for s in sizes]
-            ax[0].bar([i + (j - 0.5) * w for i in range(len(sizes))], vals, w, label={"rl_vlm": "rl-vlm", "trl": "TRL"}[fw])
+            ax[0].bar([i + (j - (len(FRAMEWORKS) - 1) / 2) * w for i in range(len(sizes))], vals, w, label=name)
         ax[0].set_xticks(range(len(sizes)))
         ax[0].set_xticklabels([f"{s}\n{_mp(e2e['results'][s]['parameters'])}" for s in sizes])
         ax[0].set_ylabel("completions / s")
@@ -149,6 +149,9 @@ def _machine_line(m: dict[str, Any]) -> str:
             f"deepspeed {v['deepspeed']}, ray {v['ray']}, trl {v['trl']}, Python {m['python']}")
 
 
+FRAMEWORKS = (("rl_vlm", "rl-vlm"), ("rl_vlm_rollout_lp", "rl-vlm (π_old from vLLM)"), ("trl", "TRL"))
+
+
 def e2e_section(e2e: dict | None) -> str:
     if not e2e:
         return "_Not run yet: `python scripts/bench_all.py --only e2e`._\n"
@@ -162,7 +165,7 @@ def e2e_section(e2e: dict | None) -> str:
     out += ["| model | parameters | framework | s / step | completions / s | generated tokens / s | mean length | "
             "load before |", "|---|---|---|---|---|---|---|---|"]
     for size, r in e2e["results"].items():
-        for fw, name in (("rl_vlm", "rl-vlm"), ("trl", "TRL")):
+        for fw, name in FRAMEWORKS:
             if fw in r:
                 x = r[fw]
                 out.append(f"| {size} | {_mp(r['parameters'])} | {name} | {_fmt(x['step_s'])} | "
@@ -170,6 +173,8 @@ def e2e_section(e2e: dict | None) -> str:
                            f"{_fmt(x['response_length'], 1)} | {r.get(fw + '_load_before', '?')} |")
         if "speedup_completions_per_s" in r:
             out.append(f"| {size} | | **rl-vlm / TRL** | | **{r['speedup_completions_per_s']:.2f}x** | | | |")
+        if "speedup_rollout_lp" in r:
+            out.append(f"| {size} | | **rl-vlm (π_old from vLLM) / TRL** | | **{r['speedup_rollout_lp']:.2f}x** | | | |")
     out += ["", "rl-vlm's step by phase (median seconds, from metrics.jsonl):", "",
             "| model | " + " | ".join(["rollout", "reward", "old_logprob", "advantage", "update", "sync"]) + " |",
             "|---|" + "---|" * 6]

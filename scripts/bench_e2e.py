@@ -53,7 +53,8 @@ def summarize(step_s: list[float], lengths: list[float], completions: int, warmu
 
 
 # ------------------------------------------------------------------------------------- rl-vlm
-def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
+def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argparse.Namespace,
+               old_logprobs: str = "recompute") -> dict[str, Any]:
     from rl_vlm.compose import compose
     from rl_vlm.controller import train
     from rl_vlm.tracking import read_metrics
@@ -66,6 +67,7 @@ def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argp
         f"learner.micro_batch_size={a.micro_batch_size}", f"learner.lr={a.lr}", "algorithm.kl_coef=0.0",
         f"trainer.total_steps={a.steps}", "trainer.val_every=0", f"trainer.output_dir={out}",
         "trainer.progress_bar=false", "trainer.save_final_model=false", f"trainer.seed={a.seed}",
+        f"learner.old_logprobs={old_logprobs}",
     ])
     t0 = time.perf_counter()
     train(cfg)
@@ -178,7 +180,8 @@ def main() -> dict[str, Any]:
     p.add_argument("--micro-batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--frameworks", default="rl_vlm,trl")
+    p.add_argument("--frameworks", default="rl_vlm,rl_vlm_rollout_lp,trl",
+                   help="rl_vlm (π_old recomputed), rl_vlm_rollout_lp (learner.old_logprobs=rollout), trl")
     p.add_argument("--trl-threads", type=int, default=1, help="torch threads of the TRL process (0: all cores)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "e2e"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 warm-up step")
@@ -205,13 +208,17 @@ def main() -> dict[str, Any]:
             print(f"[{time.strftime('%H:%M:%S')}] {size} ({n_params / 1e6:.1f} M): {fw}, {steps} steps, load {load()}",
                   flush=True)
             run_dir = out / f"{size}-{fw}-{time.strftime('%Y%m%d-%H%M%S')}"
-            entry[fw] = (run_rl_vlm(model, train_file, val_file, run_dir, run_args) if fw == "rl_vlm"
-                         else run_trl(model, train_file, run_dir, run_args))
+            if fw == "trl":
+                entry[fw] = run_trl(model, train_file, run_dir, run_args)
+            else:  # rl_vlm, or rl_vlm_rollout_lp: π_old from vLLM's sampling log-probs
+                entry[fw] = run_rl_vlm(model, train_file, val_file, run_dir, run_args,
+                                       "rollout" if fw == "rl_vlm_rollout_lp" else "recompute")
             print(f"  {fw}: {entry[fw]['step_s']:.2f} s/step, {entry[fw]['completions_per_s']:.1f} completions/s, "
                   f"{entry[fw]['tokens_per_s']:.0f} tokens/s", flush=True)
-        if "rl_vlm" in entry and "trl" in entry:
-            entry["speedup_completions_per_s"] = entry["rl_vlm"]["completions_per_s"] / entry["trl"]["completions_per_s"]
-            print(f"  rl-vlm / TRL completions/s: {entry['speedup_completions_per_s']:.2f}x", flush=True)
+        for fw, key in (("rl_vlm", "speedup_completions_per_s"), ("rl_vlm_rollout_lp", "speedup_rollout_lp")):
+            if fw in entry and "trl" in entry:
+                entry[key] = entry[fw]["completions_per_s"] / entry["trl"]["completions_per_s"]
+                print(f"  {fw} / TRL completions/s: {entry[key]:.2f}x", flush=True)
         report["results"][size] = entry
         write_json(out / "results.json", report)
     report["machine"]["load_after"] = load()

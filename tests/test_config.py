@@ -106,3 +106,12 @@ def test_pool_layout_cpu_and_gpu() -> None:
                     LearnerConfig(num_ranks=4), "gpu")
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(tensor_parallel_size=16), l, "gpu")
+
+
+def test_old_logprobs_from_rollout_needs_the_raw_distribution() -> None:
+    """π_old = vLLM's sampling log-probs is only the learner's π_old at temperature 1, top_p 1."""
+    assert validate(compose(["learner.old_logprobs=rollout"]), check_paths=False).learner.old_logprobs == "rollout"
+    with pytest.raises(ConfigError, match=r"learner\.old_logprobs.*temperature=0\.7"):
+        validate(compose(["learner.old_logprobs=rollout", "rollout.temperature=0.7"]), check_paths=False)
+    with pytest.raises(ConfigError, match=r"learner\.old_logprobs: 'fresh' is not one of"):
+        compose(["learner.old_logprobs=fresh"])

@@ -5,6 +5,7 @@ with its stage's reward functions, and the final checkpoint holds the curriculum
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +51,9 @@ def test_curriculum_stages_switch_and_score_with_their_rewards(warm_model_dir: P
         "learner.num_ranks=2", "learner.mini_batch_size=1", "learner.micro_batch_size=2", "learner.lr=1e-3",
         "trainer.total_steps=4", "trainer.val_every=0", f"trainer.output_dir={run_dir}",
         "trainer.progress_bar=false",
+        # Orthogonal to the curriculum, and one system start cheaper than a run of its own:
+        # π_old from vLLM's sampling log-probs instead of a learner pass.
+        "learner.old_logprobs=rollout",
     ])
     cfg = replace(cfg, curriculum=CurriculumConfig(name="e2e", stages=stages,
                                                    difficulty=DifficultyConfig(mode="uid")))
@@ -68,6 +72,8 @@ def test_curriculum_stages_switch_and_score_with_their_rewards(warm_model_dir: P
         assert 1 <= r["data/sampling_tries"] <= 2 and r["data/filled_groups"] <= 2
         assert r["data/difficulty_keys"] > 0
         assert r["sync/version_min"] == s
+        # π_old is exactly what the engine sampled with (no learner recompute), and the update ran on it.
+        assert r["rollout/logprob_diff"] == 0.0 and math.isfinite(r["actor/pg_loss"])
     sft = by_step[4]
     assert sft["sync/version_min"] == 4
     assert 0 <= sft["sft/kept"] <= 8

@@ -42,7 +42,10 @@ def test_grpo_raises_heldout_reward(warm_model_dir: Path, tmp_path: Path) -> Non
         f"model.path={warm_model_dir}", f"data.train_files=[{tmp_path / 'easy_vqa' / 'train_color.jsonl'}]",
         f"data.val_files=[{tmp_path / 'easy_vqa' / 'test_color.jsonl'}]", "data.val_size=64", "trainer.val_every=5",
         f"reward.functions=[{{name: '{fn}', weight: 1.0}}]", f"reward.accuracy_key={fn}",
-        "learner.lr=1e-3", f"trainer.total_steps={steps}",
+        # Measured 0.141 -> 0.234 -> 0.672 -> 0.766 (steps 0/5/10/15). At lr 1e-3 one early
+        # update broke the format (responses ran to the token limit), every reward became 0 and
+        # GRPO had no signal left (0.141 -> 0.0): a sparse reward needs a gentler step.
+        "learner.lr=5e-4", f"trainer.total_steps={steps}",
         f"trainer.output_dir={run_dir}", "trainer.progress_bar=false",
     ])
     train(cfg)

@@ -4,6 +4,13 @@ them (``cluster.address=<head>``) with the rollout pool pinned to node_a and the
 to node_b (``cluster.rollout_resources`` / ``learner_resources``). Checks that the job completes,
 weights sync across the nodes every step, and the pools really ran on different nodes.
 
+The sync runs through the collective (``cluster.weight_sync=collective``: learner rank 0 and
+the vLLM workers in their own process group, gloo here, the nccl code path on GPU) with 1 MiB
+buckets, so the ~0.6 M fp32 parameters span several: the multi-node case that path exists for.
+Step 2's rollouts were sampled with the weights broadcast after step 1 (the entropy bonus
+changes them), so the engine's log-probs must match the learner's. (The single-node object-store
+sync is covered by tests/e2e/test_train_e2e.py.)
+
 Only the processes this test starts are stopped (never ``ray stop``: it would stop every Ray
 instance on the machine, other users' included)."""
 
@@ -56,6 +63,9 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     out = log.open("w")
     # Without the variable that start_ray's runtime_env sets, so the test sees that it arrived.
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    # No token auth inside this private test cluster: with it on, the second raylet looked for
+    # the token of whichever Ray session the machine ran last and was refused (flaky).
+    env["RAY_AUTH_MODE"] = "disabled"
     proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
                              "--object-store-memory=200000000", *_node_ports(), *args],
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -122,6 +132,7 @@ def test_pools_on_two_nodes(two_node_cluster: str, tiny_model_dir: Path, tmp_pat
         return sys_
 
     monkeypatch.setattr(controller, "build_system", build_and_locate)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the test cluster runs (see _start)
     train_file, test_file = convert_easy_vqa(tmp_path / "evqa", max_train=32, max_test=8)
     run_dir = tmp_path / "run"
     cfg = compose([
@@ -135,6 +146,7 @@ def test_pools_on_two_nodes(two_node_cluster: str, tiny_model_dir: Path, tmp_pat
         "algorithm.entropy_coef=0.1",
         f"cluster.address={two_node_cluster}",
         "+cluster.rollout_resources.node_a=1", "+cluster.learner_resources.node_b=1",
+        "cluster.weight_sync=collective", "cluster.weight_sync_bucket_mb=1",
     ])
     controller.train(cfg)
 
@@ -150,4 +162,4 @@ def test_pools_on_two_nodes(two_node_cluster: str, tiny_model_dir: Path, tmp_pat
         assert by_step[s]["sync/version_min"] == s
         assert by_step[s]["actor/grad_norm"] > 0
     assert by_step[2]["rollout/logprob_max_diff"] < SYNC_TOL, by_step[2]["rollout/logprob_max_diff"]
-    print("cross-node object_store sync_s per step:", [round(by_step[s]["time/sync_s"], 3) for s in (1, 2)])
+    print("cross-node collective sync_s per step:", [round(by_step[s]["time/sync_s"], 3) for s in (1, 2)])
