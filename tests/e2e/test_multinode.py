@@ -16,6 +16,7 @@ instance on the machine, other users' included)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,11 +26,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-from rl_vlm.compose import compose
 from rl_vlm.tracking import read_metrics
 
 pytestmark = pytest.mark.e2e
@@ -63,9 +63,11 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     out = log.open("w")
     # Without the variable that start_ray's runtime_env sets, so the test sees that it arrived.
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
-    # No token auth inside this private test cluster: with it on, the second raylet looked for
-    # the token of whichever Ray session the machine ran last and was refused (flaky).
-    env["RAY_AUTH_MODE"] = "disabled"
+    # Token auth on every member, stated: a new head turns it on by default but a joining
+    # `ray start --address` does not, and was refused ("InvalidAuthToken") whenever no earlier
+    # ray.init() in this process had exported RAY_AUTH_MODE=token. All use ~/.ray/auth_token,
+    # which the head creates if missing.
+    env["RAY_AUTH_MODE"] = "token"
     proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
                              "--object-store-memory=200000000", *_node_ports(), *args],
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -111,31 +113,39 @@ def two_node_cluster(tmp_path: Path) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_pools_on_two_nodes(two_node_cluster: str, tiny_model_dir: Path, tmp_path: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
+# The driver runs in a fresh process: Ray fixes a process's auth mode when it first connects,
+# and an earlier local ray.init() in the pytest process would decide it for this join.
+DRIVER = """
+import json, os, sys
+import ray
+from rl_vlm import controller
+from rl_vlm.compose import compose
 
-    from rl_vlm import controller
+placed = {}
+real_build = controller.build_system
+
+def build_and_locate(cfg, with_learners=True):
+    sys_ = real_build(cfg, with_learners)
+    placed["rollout"] = sys_.rollout.call("node_id")
+    placed["learner"] = sys_.learners.node_ids()
+    placed["resources"] = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    env_of = lambda actor: ray.get(actor.__ray_call__.remote(lambda _: os.environ.get("TOKENIZERS_PARALLELISM")))
+    placed["env"] = [env_of(sys_.rollout.actors[0]), env_of(sys_.learners.actors[1])]
+    return sys_
+
+controller.build_system = build_and_locate
+controller.train(compose(json.loads(sys.argv[1])))
+with open(sys.argv[2], "w") as f:
+    json.dump(placed, f)
+"""
+
+
+def test_pools_on_two_nodes(two_node_cluster: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     from rl_vlm.data.easy_vqa import convert_easy_vqa
 
-    placed: dict[str, Any] = {}
-    real_build = controller.build_system
-
-    def build_and_locate(cfg: Any, with_learners: bool = True) -> Any:
-        sys_ = real_build(cfg, with_learners)
-        placed["rollout"] = sys_.rollout.call("node_id")
-        placed["learner"] = sys_.learners.node_ids()
-        placed["resources"] = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
-        env_of = lambda actor: ray.get(actor.__ray_call__.remote(  # noqa: E731
-            lambda _: os.environ.get("TOKENIZERS_PARALLELISM")))
-        placed["env"] = [env_of(sys_.rollout.actors[0]), env_of(sys_.learners.actors[1])]
-        return sys_
-
-    monkeypatch.setattr(controller, "build_system", build_and_locate)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the test cluster runs (see _start)
     train_file, test_file = convert_easy_vqa(tmp_path / "evqa", max_train=32, max_test=8)
     run_dir = tmp_path / "run"
-    cfg = compose([
+    overrides = [
         f"model.path={tiny_model_dir}", f"data.train_files=[{train_file}]", f"data.val_files=[{test_file}]",
         "data.rollout_batch_size=4", "data.val_size=8", "rollout.n=4", "rollout.max_new_tokens=32",
         "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.micro_batch_size=2", "learner.lr=1e-3",
@@ -147,8 +157,14 @@ def test_pools_on_two_nodes(two_node_cluster: str, tiny_model_dir: Path, tmp_pat
         f"cluster.address={two_node_cluster}",
         "+cluster.rollout_resources.node_a=1", "+cluster.learner_resources.node_b=1",
         "cluster.weight_sync=collective", "cluster.weight_sync_bucket_mb=1",
-    ])
-    controller.train(cfg)
+    ]
+    out = tmp_path / "placed.json"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # joins like the second raylet (see _start)
+    env.pop("TOKENIZERS_PARALLELISM", None)  # start_ray's runtime_env must bring it to the actors
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(overrides), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    placed = json.loads(out.read_text())
 
     (rollout_node,) = placed["rollout"]
     assert "node_a" in placed["resources"][rollout_node]
