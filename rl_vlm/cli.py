@@ -163,17 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "prepare-data":
         _prepare_data(args.out)
     elif args.cmd == "setup-cpu-demo":
-        import json
         import shutil
-        from pathlib import Path
 
-        from rl_vlm.models.tiny import WARM_START_STEPS, recipe_fingerprint
+        from rl_vlm.models.tiny import is_current
 
         _prepare_data(DEFAULT_DATA_DIR)
-        info = Path(DEFAULT_MODEL_DIR) / "build_info.json"
-        recipe = recipe_fingerprint(args.seed, WARM_START_STEPS)
-        if info.exists() and json.loads(info.read_text()).get("recipe") == recipe:
-            print(f"{DEFAULT_MODEL_DIR} is up to date (recipe {recipe})")
+        if is_current(DEFAULT_MODEL_DIR, args.seed):
+            print(f"{DEFAULT_MODEL_DIR} is up to date")
         else:  # missing, or built by other code or libraries: the tests expect today's recipe
             shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)
             _build_model(DEFAULT_MODEL_DIR, args.seed, DEFAULT_WARM_START_STEPS)

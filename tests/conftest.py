@@ -24,16 +24,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def warm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model after the default supervised warm start (what `rl-vlm setup-cpu-demo` builds):
     it follows the answer format but is far from perfect, so GRPO has a learning signal."""
-    import json
-
-    from rl_vlm.models.tiny import WARM_START_STEPS, build_and_warm_start, recipe_fingerprint
+    from rl_vlm.models.tiny import build_and_warm_start, is_current
 
     out = tmp_path_factory.mktemp("warm-model")
     # `scripts/setup.sh` built this very model into artifacts/ (same seed, steps, code and
     # libraries, single-threaded warm start): reuse it rather than spend minutes rebuilding.
     built = Path(__file__).resolve().parents[1] / "artifacts" / "tiny-qwen2.5-vl"
-    info = built / "build_info.json"
-    if info.exists() and json.loads(info.read_text()).get("recipe") == recipe_fingerprint(0, WARM_START_STEPS):
+    if is_current(built, seed=0):
         shutil.copytree(built, out, dirs_exist_ok=True)
         return out
-    return build_and_warm_start(out, seed=0, warm_start_steps=WARM_START_STEPS)
+    return build_and_warm_start(out, seed=0)

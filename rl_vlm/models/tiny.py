@@ -131,6 +131,13 @@ def recipe_fingerprint(seed: int, warm_start_steps: int) -> str:
     return h.hexdigest()[:16]
 
 
+def is_current(model_dir: str | Path, seed: int = 0, warm_start_steps: int = WARM_START_STEPS) -> bool:
+    """Whether ``model_dir`` holds the model today's recipe builds for ``seed`` (see
+    :func:`recipe_fingerprint`)."""
+    info = Path(model_dir) / "build_info.json"
+    return info.exists() and json.loads(info.read_text()).get("recipe") == recipe_fingerprint(seed, warm_start_steps)
+
+
 def build_and_warm_start(out_dir: str | Path, seed: int = 0, warm_start_steps: int = WARM_START_STEPS) -> Path:
     """:func:`build_tiny_model`, then a short supervised pass so the policy follows the format."""
     from rl_vlm.models.warmstart import warm_start
