@@ -132,8 +132,8 @@ class RolloutGroup:
         from rl_vlm.workers.rollout import RolloutEngine
 
         class RolloutActor(RolloutEngine):
-            def load_buckets(self, refs: list[Any], version: int) -> int:
-                return self.update_weights(ray.get(list(refs)), version)
+            def load_buckets(self, refs: list[list[Any]], version: int) -> int:
+                return self.update_weights(fetch_buckets(refs), version)
 
             def pid(self) -> int:
                 return os.getpid()
@@ -147,7 +147,7 @@ class RolloutGroup:
         self._actor_cls = ray.remote(RolloutActor)
         self.actors = [self._start(i) for i in range(len(self._bundles))]
         self.weight_version = 0
-        self._refs: list[Any] = []
+        self._refs: list[list[Any]] = []
         self.restarts = 0
         self.collective = False
         """Weights arrive through the weight-sync group (:func:`connect_weight_sync`)."""
@@ -209,7 +209,7 @@ class RolloutGroup:
             rollout_logprobs=[s.logprobs for s in samples], response_texts=[s.text for s in samples],
             truncated=[s.truncated for s in samples], weight_version=self.weight_version)
 
-    def load_weights(self, refs: list[Any] | CollectiveSync, version: int) -> list[int]:
+    def load_weights(self, refs: list[list[Any]] | CollectiveSync, version: int) -> list[int]:
         """Every engine loads the buckets; returns the version each engine reports."""
         if isinstance(refs, CollectiveSync):  # learner rank 0 is broadcasting: receive alongside
             self.weight_version = version
@@ -223,6 +223,17 @@ class RolloutGroup:
     def call(self, method: str, *args: Any) -> list[Any]:
         out = self._call(method, {i: args for i in range(len(self.actors))})
         return [out[i] for i in sorted(out)]
+
+
+def fetch_buckets(refs: list[list[Any]]) -> list[list[tuple[str, torch.Tensor]]]:
+    """Inside an engine: every bucket of :meth:`LearnerGroup.publish_weights` as full tensors,
+    read in place from the object store (the ranks' parts concatenated, one copy)."""
+    import ray
+
+    from rl_vlm.weight_sync import assemble_parts
+
+    parts = iter(ray.get([r for bucket in refs for r in bucket]))
+    return [assemble_parts([next(parts) for _ in bucket]) for bucket in refs]
 
 
 @dataclass(frozen=True)
@@ -406,13 +417,15 @@ class LearnerGroup:
                 metrics[k] = metrics.get(k, 0.0) + v
         return metrics
 
-    def gather_weights(self) -> list[Any] | CollectiveSync:
-        """Object store: the ObjectRefs of the gathered buckets. Collective: the ranks' pending
+    def publish_weights(self) -> list[list[Any]] | CollectiveSync:
+        """Object store: ``refs[b][r]`` = learner rank r's part of bucket b (one part per bucket
+        below ZeRO-3), for the engines' :func:`fetch_buckets`. Collective: the ranks' pending
         gather-and-broadcast calls, which :meth:`RolloutGroup.load_weights` receives and awaits."""
         if self.collective:
             return CollectiveSync([a.broadcast_weights.remote() for a in self.actors])
         bucket_bytes = self.cfg.cluster.weight_sync_bucket_mb << 20
-        return self._get([a.gather_weights.remote(bucket_bytes) for a in self.actors])[0]
+        per_rank = [refs for refs in self._get([a.publish_weights.remote(bucket_bytes) for a in self.actors]) if refs]
+        return [list(parts) for parts in zip(*per_rank, strict=True)]
 
     def node_ids(self) -> list[str]:
         return self._get([a.node_id.remote() for a in self.actors])

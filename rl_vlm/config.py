@@ -97,6 +97,11 @@ class RolloutConfig:
     fp32 CPU learner); must be ``float32`` on CPU."""
     kv_cache_gib: float = 1.0
     """KV cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
+    torch_threads: int = 1
+    """Intra-op threads of each vLLM engine on CPU. The loop runs rollout and update one after
+    the other, so an engine may take the cores the learners use during the update (on a 2-core
+    box 2 threads halve a 60 M model's rollout, docs/benchmarks.md); 1 leaves room for other
+    processes on a shared machine."""
     enforce_eager: bool = True
     """Skip CUDA-graph capture; on CPU there is nothing to capture."""
     val_n: int = 1
@@ -427,12 +432,13 @@ class ClusterConfig:
     """Extra Ray resources in every learner bundle (as ``rollout_resources``)."""
     weight_sync: Literal["auto", "object_store", "collective"] = "auto"
     """How the learner's weights reach the engines after each update (:mod:`rl_vlm.weight_sync`):
-    ``object_store`` = rank 0 puts buckets in Ray's object store and every engine fetches them;
+    ``object_store`` = every learner rank puts its ZeRO-3 partition of each bucket in Ray's object
+    store and every engine fetches and concatenates them;
     ``collective`` = rank 0 broadcasts each bucket to every vLLM worker through a process group of
     their own (nccl on GPU, gloo on CPU); ``auto`` = collective on GPU, object_store on CPU."""
     weight_sync_bucket_mb: int = 64
-    """Size of a weight-sync bucket (MiB): parameters are gathered, sent and received this many
-    at a time (a larger parameter gets a bucket of its own)."""
+    """Size of a weight-sync bucket (MiB of full parameters): parameters are put or gathered, sent
+    and received this many at a time (a larger parameter gets a bucket of its own)."""
     log_to_driver: bool = False
     """Stream every actor's stdout/stderr (vLLM and DeepSpeed logs) to the driver's console. Off,
     they go to Ray's session logs (``/tmp/ray/session_latest/logs``); actor errors are raised
@@ -597,6 +603,8 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
     _require(r.num_engines >= 1, "rollout.num_engines", "must be >= 1")
+    _require(r.torch_threads >= 1, "rollout.torch_threads", f"must be >= 1, got {r.torch_threads}")
+    _require(l.torch_threads >= 1, "learner.torch_threads", f"must be >= 1, got {l.torch_threads}")
     _require(r.val_n >= 1, "rollout.val_n", "must be >= 1")
     _require(r.val_n == 1 or r.val_temperature > 0, "rollout.val_temperature",
              f"rollout.val_n={r.val_n} samples need val_temperature > 0 (greedy samples are identical)")

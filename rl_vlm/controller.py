@@ -151,7 +151,7 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         actor = sys_.learners.update(advantages, [old[i] for i in keep],
                                      None if ref is None else [ref[i] for i in keep])
     with timer("sync"):
-        refs = sys_.learners.gather_weights()
+        refs = sys_.learners.publish_weights()
         versions = sys_.rollout.load_weights(refs, step)
     step_s = time.perf_counter() - t0
     n_tokens = sum(len(p) + len(r) for p, r in zip(rollout.prompt_ids, rollout.response_ids))

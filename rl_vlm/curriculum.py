@@ -533,7 +533,7 @@ def sft_step(system: Any, algorithm: Any, step: int) -> dict[str, float]:
                                       step, cfg.trainer.total_steps)
             actor = system.learners.sft_update(weights, [len(r) for r in batch.response_ids])
     with timer("sync"):
-        versions = system.rollout.load_weights(system.learners.gather_weights(), step)
+        versions = system.rollout.load_weights(system.learners.publish_weights(), step)
     metrics = {
         "reward/mean": scored.overall.mean().item(),
         **{f"reward/{k}": v[scored.present[k]].mean().item() for k, v in scored.sub_scores.items()

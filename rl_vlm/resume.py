@@ -52,7 +52,7 @@ def restore_checkpoint(sys_: System, path: str) -> int:
         sys_.curriculum.install(sys_)
     sys_.train_sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
-    sys_.rollout.load_weights(sys_.learners.gather_weights(), state["weight_version"])
+    sys_.rollout.load_weights(sys_.learners.publish_weights(), state["weight_version"])
     return int(state["step"])
 
 

@@ -1,10 +1,11 @@
-"""Weight sync from learner rank 0 to every vLLM worker through a collective.
+"""Weight sync: the learners' parameters into every vLLM worker, as full HF-named tensors.
 
-Two transports move the learner's gathered (unsharded, HF-named) parameters into the engines
-(``cluster.weight_sync``):
+Two transports (``cluster.weight_sync``):
 
-- ``object_store``: rank 0 puts each bucket in Ray's object store, every engine ``ray.get``s all
-  of them (CPU default; a restarted engine reloads the last buckets from there).
+- ``object_store``: every learner rank puts its own ZeRO-3 partition of each bucket in Ray's
+  object store (no all-gather; below stage 3 rank 0 puts the whole tensors); every engine
+  ``ray.get``s all of them and concatenates the ranks' parts (:func:`assemble_parts`). CPU
+  default; a restarted engine reloads the last buckets from there.
 - ``collective``: a process group of learner rank 0 (group rank 0) and every vLLM worker
   (ranks 1..), made with its own TCPStore rendezvous so it never touches the learners'
   DeepSpeed group. The bucket plan (names, shapes, dtypes) is sent once when the group is made;
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Literal
+from typing import TYPE_CHECKING, Iterable, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ALIGN = 16
 """Byte alignment of every tensor inside a packed bucket (so ``view(dtype)`` is legal)."""
@@ -104,6 +108,48 @@ def unpack_bucket(bucket: list[TensorSpec], buf: torch.Tensor) -> list[tuple[str
     """(name, tensor) views into ``buf`` (a packed bucket), in plan order."""
     offsets, _ = bucket_offsets(bucket)
     return [(s.name, buf[off: off + s.nbytes].view(s.dtype).view(s.shape)) for s, off in zip(bucket, offsets)]
+
+
+WeightPart = tuple[str, tuple[int, ...], str, "np.ndarray"]
+"""One parameter as one learner rank puts it in the object store: (name, full shape, dtype name,
+this rank's flat part). bfloat16 travels as its int16 bit pattern (numpy has no bfloat16);
+numpy arrays are stored by Ray out of band and read in place by the engines, while pickled torch
+tensors cost ~10x a memory copy each way (scripts/bench_sync.py)."""
+
+
+def weight_part(name: str, shape: tuple[int, ...], part: torch.Tensor) -> WeightPart:
+    """``part`` (this rank's flat ZeRO-3 partition, or the whole tensor) as a :data:`WeightPart`."""
+    flat = part.detach().reshape(-1).cpu()
+    dtype = str(flat.dtype).removeprefix("torch.")
+    return name, tuple(shape), dtype, (flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat).numpy()
+
+
+def assemble_parts(ranks: list[list[WeightPart]]) -> list[tuple[str, torch.Tensor]]:
+    """One bucket's full tensors from every rank's parts of it (``ranks[r]`` = rank r's parts,
+    the same names in the same order on every rank). ZeRO-3 gives rank r the elements
+    ``[r * p, (r + 1) * p)`` of the flattened parameter, the last rank's part padded to ``p``; so
+    the tensor is the ranks' parts concatenated in rank order, cut to the shape's size. Tensors
+    may share memory with the (read-only) arrays: the engine's reload only reads them."""
+    import warnings
+
+    out = []
+    for entries in zip(*ranks, strict=True):
+        name, shape, dtype = entries[0][:3]
+        if any(e[0] != name or tuple(e[1]) != tuple(shape) for e in entries):
+            raise ValueError(f"learner ranks disagree on the bucket: {[e[0] for e in entries]}")
+        with warnings.catch_warnings():  # arrays from the object store are read-only
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [torch.from_numpy(e[3]) for e in entries]
+        if dtype == "bfloat16":
+            parts = [t.view(torch.bfloat16) for t in parts]
+        numel = 1
+        for d in shape:
+            numel *= d
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if flat.numel() < numel:
+            raise ValueError(f"{name}: the ranks' parts hold {flat.numel()} elements, shape {tuple(shape)} needs {numel}")
+        out.append((name, flat[:numel].view(tuple(shape))))
+    return out
 
 
 class WeightGroup:

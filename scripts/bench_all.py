@@ -102,7 +102,7 @@ def plots(e2e: dict | None, sync: dict | None, scaling: dict | None) -> list[str
         ax[0].set_ylabel("GB/s")
         ax[0].set_title("effective bandwidth")
         ax[0].legend(fontsize=8)
-        for key, lab in (("gather_s", "gather (ZeRO-3 + ray.put)"), ("engine_fetch_s", "engine: object-store get"),
+        for key, lab in (("gather_s", "learners: ray.put of ZeRO-3 partitions"), ("engine_fetch_s", "engine: object-store get"),
                          ("engine_reload_s", "engine: vLLM reload"), ("sync_s", "sync total")):
             ax[1].plot(x, [r[key] for r in rs], "o-", label=lab)
         ax[1].set_xscale("log")
@@ -193,7 +193,7 @@ def sync_section(sync: dict | None) -> str:
     out = [f"Machine: {_machine_line(sync['machine'])}.", "",
            f"{sync['settings']['engines']} rollout engine(s), 2 learner ranks; median of {sync['settings']['repeats']} "
            "syncs after a warm-up sync.", "",
-           "| model | transport | parameters | MB (fp32) | sync s | gather s | engine get s | vLLM reload s | "
+           "| model | transport | parameters | MB (fp32) | sync s | learners s | engine get s | vLLM reload s | "
            "sync GB/s | memcpy GB/s | sync / memcpy | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in sync["results"].items():
         out.append(f"| {key.split('/')[0]} | {r.get('mode', 'object_store')} | {_mp(r['parameters'])} | "

@@ -5,7 +5,8 @@ visual tokens for both), same settings: P prompts x G samples per step, <= T new
 temperature 1, lr, no KL (beta 0), one optimizer step per step, the same reward (0.1 x format +
 0.9 x accuracy, rl-vlm's own functions). What differs is the system:
 
-- rl-vlm: 1 vLLM engine + 2 DeepSpeed ZeRO-3 ranks (Ray actors, 1 thread each), old log-probs
+- rl-vlm: 1 vLLM engine (all cores: it runs while the learners wait) + 2 DeepSpeed ZeRO-3 ranks
+  (Ray actors, 1 thread each), old log-probs
   recomputed by the learners, weights synced into vLLM after every step.
 - TRL: one process (all cores as torch threads), ``model.generate`` for sampling, no old-log-prob
   pass (``num_iterations=1``: TRL uses the detached current log-probs), no weight sync.
@@ -15,6 +16,7 @@ completions/s and generated tokens/s, and the ratio rl-vlm / TRL.
 
     .venv/bin/python scripts/bench_e2e.py                      # tiny + m60m (~8 min on 2 cores)
     .venv/bin/python scripts/bench_e2e.py --smoke              # tiny, 2 steps
+    .venv/bin/python scripts/bench_e2e.py --trl-threads 1 --rollout-threads 1   # on a loaded box
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argp
         f"learner.micro_batch_size={a.micro_batch_size}", f"learner.lr={a.lr}", "algorithm.kl_coef=0.0",
         f"trainer.total_steps={a.steps}", "trainer.val_every=0", f"trainer.output_dir={out}",
         "trainer.progress_bar=false", "trainer.save_final_model=false", f"trainer.seed={a.seed}",
-        f"learner.old_logprobs={old_logprobs}",
+        f"learner.old_logprobs={old_logprobs}", f"rollout.torch_threads={a.rollout_threads or os.cpu_count() or 1}",
+        *a.overrides,
     ])
     t0 = time.perf_counter()
     train(cfg)
@@ -182,7 +185,11 @@ def main() -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--frameworks", default="rl_vlm,rl_vlm_rollout_lp,trl",
                    help="rl_vlm (π_old recomputed), rl_vlm_rollout_lp (learner.old_logprobs=rollout), trl")
-    p.add_argument("--trl-threads", type=int, default=1, help="torch threads of the TRL process (0: all cores)")
+    p.add_argument("--trl-threads", type=int, default=0, help="torch threads of the TRL process (0: all cores)")
+    p.add_argument("--rollout-threads", type=int, default=0,
+                   help="rl-vlm's rollout.torch_threads (0: all cores; the learners keep 1 thread per rank)")
+    p.add_argument("--overrides", nargs="*", default=[],
+                   help="extra config overrides for the rl-vlm runs, e.g. learner.num_ranks=1 learner.torch_threads=2")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "e2e"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 warm-up step")
     a = p.parse_args()

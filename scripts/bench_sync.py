@@ -4,8 +4,8 @@ For each size a random-weight Qwen2.5-VL is built, a LearnerGroup and a RolloutG
 exactly as ``rl-vlm train`` starts them (:mod:`rl_vlm.cluster`, one Ray instance for all sizes),
 and the production path is timed ``--repeats`` times:
 
-    refs = learners.gather_weights()          # ZeRO-3 all-gather, copy, ray.put per bucket
-    versions = rollout.load_weights(refs, v)  # every engine: ray.get + vLLM layer-wise reload
+    refs = learners.publish_weights()         # every ZeRO-3 rank: ray.put of its own partition, per bucket
+    versions = rollout.load_weights(refs, v)  # every engine: ray.get, concatenate the ranks' parts, vLLM reload
 
 ``versions`` must come back as ``v`` from every engine (the new weights are visible). Effective
 bandwidth = parameter bytes / sync seconds. Next to it, in the same run: a plain in-process copy
@@ -49,12 +49,12 @@ def memcpy_baseline(shapes: list[tuple[int, ...]], repeats: int) -> float:
         torch.set_num_threads(threads)
 
 
-def _engine_load_split(engine: Any, refs: list[Any], version: int) -> tuple[float, float]:
-    """Inside a rollout actor: (object-store fetch s, vLLM reload s) of one sync."""
-    import ray
+def _engine_load_split(engine: Any, refs: list[list[Any]], version: int) -> tuple[float, float]:
+    """Inside a rollout actor: (object-store fetch + concatenation s, vLLM reload s) of one sync."""
+    from rl_vlm.cluster import fetch_buckets
 
     t0 = time.perf_counter()
-    buckets = ray.get(list(refs))
+    buckets = fetch_buckets(refs)
     t1 = time.perf_counter()
     engine.update_weights(buckets, version)
     return t1 - t0, time.perf_counter() - t1
@@ -102,7 +102,7 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
             for r in range(a.repeats + 1):  # the first is a warm-up
                 v = r + 1
                 t0 = time.perf_counter()
-                refs = learners.gather_weights()
+                refs = learners.publish_weights()
                 t1 = time.perf_counter()
                 versions = rollout.load_weights(refs, v)
                 t2 = time.perf_counter()
@@ -161,7 +161,7 @@ def main() -> dict[str, Any]:
             print(f"[{time.strftime('%H:%M:%S')}] {size}: {n / 1e6:.1f} M parameters, load {load()}", flush=True)
             for mode, r in measure_size(model, n, a, out, modes).items():
                 report["results"][f"{size}/{mode}"] = r
-                print(f"  {mode}: sync {r['sync_s']:.3f} s ({r['sync_gb_per_s']:.2f} GB/s: gather {r['gather_s']:.3f}, "
+                print(f"  {mode}: sync {r['sync_s']:.3f} s ({r['sync_gb_per_s']:.2f} GB/s: learners {r['gather_s']:.3f}, "
                       f"load {r['load_s']:.3f} [fetch {r['engine_fetch_s']:.3f}, reload {r['engine_reload_s']:.3f}]); "
                       f"memcpy {r['memcpy_s']:.3f} s ({r['memcpy_gb_per_s']:.2f} GB/s); "
                       f"ratio {r['ratio_to_memcpy']:.3f}", flush=True)

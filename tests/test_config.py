@@ -115,3 +115,9 @@ def test_old_logprobs_from_rollout_needs_the_raw_distribution() -> None:
         validate(compose(["learner.old_logprobs=rollout", "rollout.temperature=0.7"]), check_paths=False)
     with pytest.raises(ConfigError, match=r"learner\.old_logprobs: 'fresh' is not one of"):
         compose(["learner.old_logprobs=fresh"])
+
+
+@pytest.mark.parametrize("key", ["rollout.torch_threads", "learner.torch_threads"])
+def test_thread_counts_must_be_positive(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}: must be >= 1, got 0"):
+        validate(compose([f"{key}=0"]), check_paths=False)

@@ -13,12 +13,14 @@ from rl_vlm.weight_sync import (
     ALIGN,
     TensorSpec,
     WeightGroup,
+    assemble_parts,
     bucket_offsets,
     pack_bucket,
     plan_buckets,
     resolve_weight_sync,
     sync_backend,
     unpack_bucket,
+    weight_part,
 )
 
 
@@ -62,6 +64,38 @@ def test_offsets_are_aligned_and_pack_roundtrips_mixed_dtypes() -> None:
         assert got.dtype == want.dtype and torch.equal(got, want)
     with pytest.raises(ValueError, match="plan says"):
         pack_bucket(bucket, [torch.randn(5, 3), tensors[1], tensors[2]])
+
+
+def _zero3_parts(name: str, t: torch.Tensor, world: int) -> list:
+    """What each of ``world`` ZeRO-3 ranks holds of ``t``: an equal slice of the flattened,
+    zero-padded tensor (rank r: elements [r*p, (r+1)*p))."""
+    p = -(-t.numel() // world)
+    flat = torch.cat([t.reshape(-1), torch.zeros(world * p - t.numel(), dtype=t.dtype)])
+    return [weight_part(name, tuple(t.shape), flat[r * p:(r + 1) * p]) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_partitions_reassemble_to_the_full_tensors(world: int) -> None:
+    torch.manual_seed(0)
+    full = {"w": torch.randn(7, 5), "b": torch.randn(3), "h": torch.randn(2, 3).to(torch.bfloat16), "s": torch.randn(())}
+    per_rank: list[list] = [[] for _ in range(world)]
+    for name, t in full.items():
+        for r, part in enumerate(_zero3_parts(name, t, world)):
+            per_rank[r].append(part)
+    out = assemble_parts(per_rank)
+    assert [n for n, _ in out] == list(full)
+    for name, t in out:
+        assert t.dtype == full[name].dtype and t.shape == full[name].shape
+        assert torch.equal(t, full[name]), name
+
+
+def test_parts_that_disagree_or_fall_short_are_refused() -> None:
+    a = torch.arange(6.0)
+    r0, r1 = _zero3_parts("a", a, 2)
+    with pytest.raises(ValueError, match="disagree"):
+        assemble_parts([[r0], [("b", *r1[1:])]])
+    with pytest.raises(ValueError, match="a: the ranks' parts hold 3 elements"):
+        assemble_parts([[r0]])
 
 
 def test_gloo_group_broadcasts_every_bucket_to_every_receiver() -> None:

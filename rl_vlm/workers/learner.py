@@ -2,7 +2,7 @@
 
 The driver gives every rank its share of the step's sequences once (:meth:`Learner.set_batch`),
 then asks for old-policy log-probs, runs the update with the advantages it computed, and
-finally asks for the gathered full weights to push into the rollout engines.
+finally has every rank publish its part of the weights for the rollout engines.
 
 Loss scaling. The algorithm returns micro-batch losses normalised by *global* denominators
 (tokens or sequences of the whole mini-batch over all ranks), so their sum over micro-batches
@@ -384,42 +384,32 @@ class Learner:
             dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
 
     # ---------------------------------------------------------------- weight sync
-    def gather_weights(self, bucket_bytes: int) -> list[Any]:
-        """Gather the full parameters (collective: every rank must call) into buckets of about
-        ``bucket_bytes`` and put them in the Ray object store. Rank 0 returns the ObjectRefs;
-        the other ranks return []."""
-        import deepspeed
+    def publish_weights(self, bucket_bytes: int) -> list[Any]:
+        """Put this rank's part of every parameter in the object store, in buckets of about
+        ``bucket_bytes`` of full parameters (every rank cuts the same buckets); returns the
+        ObjectRefs. Under ZeRO-3 each rank puts its own partition, and the engines concatenate
+        the ranks' parts (:func:`rl_vlm.weight_sync.assemble_parts`): no all-gather, which took
+        ~60 % of a 60 M-parameter sync through gloo (docs/benchmarks.md). Below stage 3 every
+        rank holds the whole model, so rank 0 puts it and the others return []."""
         import ray
 
+        from rl_vlm.weight_sync import weight_part
+
+        partitioned = self.cfg.zero_stage == 3
+        if not partitioned and self.rank != 0:
+            return []
         refs: list[Any] = []
-        bucket: list[tuple[str, torch.Tensor]] = []
+        bucket: list[Any] = []
         size = 0
-        named = list(self.engine.module.named_parameters())
-        group: list[tuple[str, torch.nn.Parameter]] = []
-
-        def flush_group() -> None:
-            nonlocal bucket, size
-            params = [p for _, p in group]
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None,
-                                                   enabled=self.cfg.zero_stage == 3):
-                if self.rank == 0:
-                    # Put while gathered, as numpy views: Ray copies arrays once into shared
-                    # memory and engines read them without a copy; pickled torch tensors cost
-                    # ~10x more (scripts/bench_sync.py). numpy has no bfloat16: those stay tensors.
-                    for name, p in group:
-                        t = p.detach().cpu()
-                        bucket.append((name, t if t.dtype == torch.bfloat16 else t.numpy()))
-                    refs.append(ray.put(bucket))
-            bucket, size = [], 0
-            group.clear()
-
-        for name, p in named:
-            group.append((name, p))
+        for name, p in self.engine.module.named_parameters():
+            shape = tuple(getattr(p, "ds_shape", p.shape))
+            bucket.append(weight_part(name, shape, _partition(p) if partitioned else p.data))
             size += (p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size()
             if size >= bucket_bytes:
-                flush_group()
-        if group:
-            flush_group()
+                refs.append(ray.put(bucket))
+                bucket, size = [], 0
+        if bucket:
+            refs.append(ray.put(bucket))
         return refs
 
     def weight_plan(self, bucket_bytes: int) -> list[list[Any]]:

@@ -36,6 +36,8 @@ class RolloutEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+            # Before the engine exists: vLLM keeps the thread count it finds when OMP_NUM_THREADS is set.
+            torch.set_num_threads(cfg.torch_threads)
         from vllm import LLM
 
         # rollout.dtype=auto: bf16 on GPU; fp32 on CPU like the CPU learner, so engine and learner
@@ -51,6 +53,9 @@ class RolloutEngine:
                        enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len),
                        limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.workers.vllm_ext.WeightUpdateExtension",
                        **kwargs)
+        if device == "cpu" and torch.get_num_threads() != cfg.torch_threads:
+            raise RuntimeError(f"rollout.torch_threads={cfg.torch_threads}, but vLLM left the engine at "
+                               f"{torch.get_num_threads()} threads")
         self.weight_version = 0
         # A sampled vision placeholder would make the learner's image-feature count disagree with
         # the image tokens in the sequence; such tokens are never valid output, so ban them.
@@ -83,14 +88,7 @@ class RolloutEngine:
 
     def update_weights(self, buckets: list[list[tuple[str, torch.Tensor]]], version: int) -> int:
         """Load full (unsharded) HF-named parameters into the live engine; returns the new version.
-        Values may be numpy arrays (the learner's object-store buckets): read in place, never written."""
-        import warnings
-
-        import numpy as np
-
-        with warnings.catch_warnings():  # arrays from the object store are read-only; reload only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            buckets = [[(n, torch.from_numpy(t) if isinstance(t, np.ndarray) else t) for n, t in b] for b in buckets]
+        The tensors may be read-only views of the object store: they are read, never written."""
         self.llm.collective_rpc("rl_vlm_reload", args=(buckets,))
         return self._reloaded(version)
 

@@ -1,7 +1,9 @@
-"""A real 2 x 2 sweep through the command line: ``rl-vlm train -m algorithm=grpo,dr_grpo
-learner.lr=...`` on the tiny model (Ray + vLLM + DeepSpeed, 1 step per run, ~1 min per run).
+"""A real sweep through the command line: ``rl-vlm train -m algorithm=grpo,dr_grpo`` on the
+tiny model (Ray + vLLM + DeepSpeed, 1 step per run, ~1 min per run). Two runs, not a 2 x 2 grid:
+the grid product is Hydra's; what is ours (a directory, config, seed and metrics per run, the
+summary) shows with two, and each run is a full system start.
 
-Asserts what a user relies on: four runs one after another, each in its own directory with its
+Asserts what a user relies on: the runs one after another, each in its own directory with its
 own resolved config (the swept values, the seed rule) and metrics, and a summary ranking them.
 """
 
@@ -20,13 +22,13 @@ import yaml
 pytestmark = pytest.mark.e2e
 
 
-def test_two_by_two_sweep(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_sweep_of_two_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
     from rl_vlm.data.easy_vqa import convert_easy_vqa
 
     train_file, test_file = convert_easy_vqa(tmp_path / "data", max_train=16, max_test=4)
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "rl_vlm.cli", "train", "-m",
-           "algorithm=grpo,dr_grpo", "learner.lr=1e-4,3e-4",
+           "algorithm=grpo,dr_grpo", "learner.lr=3e-4",
            f"model.path={tiny_model_dir}", f"data.train_files=[{train_file}]", f"data.val_files=[{test_file}]",
            "data.rollout_batch_size=2", "data.val_size=4", "rollout.n=2", "rollout.max_new_tokens=16",
            "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.micro_batch_size=2",
@@ -36,7 +38,7 @@ def test_two_by_two_sweep(tiny_model_dir: Path, tmp_path: Path) -> None:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    expected = [("grpo", True, 1e-4), ("grpo", True, 3e-4), ("dr_grpo", False, 1e-4), ("dr_grpo", False, 3e-4)]
+    expected = [("grpo", True, 3e-4), ("dr_grpo", False, 3e-4)]
     for job, (_, norm, lr) in enumerate(expected):
         run = sweep / str(job)
         cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -48,10 +50,9 @@ def test_two_by_two_sweep(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert json.loads((run / "sweep_run.json").read_text())["status"] == "ok"
 
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
-    assert sorted(int(r["job"]) for r in rows) == [0, 1, 2, 3]
-    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    assert sorted(int(r["job"]) for r in rows) == [0, 1]
+    assert [int(r["rank"]) for r in rows] == [1, 2]
     finals = [float(r["final val/accuracy"]) for r in rows]
     assert finals == sorted(finals, reverse=True)
-    assert {r["overrides"] for r in rows} == {f"algorithm={a} learner.lr={lr}" for a in ("grpo", "dr_grpo")
-                                              for lr in ("0.0001", "0.0003")}
+    assert {r["overrides"] for r in rows} == {f"algorithm={a}" for a in ("grpo", "dr_grpo")}
     assert (sweep / "summary.md").read_text().startswith("| rank | job | overrides |")
