@@ -395,26 +395,16 @@ class Learner:
 
         from rl_vlm.weight_sync import weight_part
 
-        partitioned = self.cfg.zero_stage == 3
-        if not partitioned and self.rank != 0:
+        if self.cfg.zero_stage != 3 and self.rank != 0:
             return []
-        refs: list[Any] = []
-        bucket: list[Any] = []
-        size = 0
-        for name, p in self.engine.module.named_parameters():
-            shape = tuple(getattr(p, "ds_shape", p.shape))
-            bucket.append(weight_part(name, shape, _partition(p) if partitioned else p.data))
-            size += (p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size()
-            if size >= bucket_bytes:
-                refs.append(ray.put(bucket))
-                bucket, size = [], 0
-        if bucket:
-            refs.append(ray.put(bucket))
-        return refs
+        params = dict(self.engine.module.named_parameters())
+        return [ray.put([weight_part(s.name, s.shape, _partition(params[s.name])) for s in bucket])
+                for bucket in self.weight_plan(bucket_bytes)]
 
     def weight_plan(self, bucket_bytes: int) -> list[list[Any]]:
-        """The bucket plan (:func:`rl_vlm.weight_sync.plan_buckets`) of the full parameters: what
-        the engines pre-allocate for a collective sync. Needs no gather (ZeRO-3 keeps full shapes)."""
+        """The bucket plan (:func:`rl_vlm.weight_sync.plan_buckets`) of the full parameters: the
+        buckets of either transport (what the engines pre-allocate for a collective sync). Needs
+        no gather (ZeRO-3 keeps full shapes)."""
         from rl_vlm.weight_sync import TensorSpec, plan_buckets
 
         specs = [TensorSpec(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
