@@ -26,7 +26,8 @@ def _train(argv: list[str], mode: str = "train") -> int:
     from omegaconf import DictConfig
 
     from rl_vlm.compose import config_dir, from_omegaconf, register_base
-    from rl_vlm.config import ConfigError, validate
+    from rl_vlm.config import ConfigError
+    from rl_vlm.validation import validate
 
     register_base()
     sweep: dict[str, object] = {}  # filled by multirun jobs: the sweep dir, metric, failures
@@ -82,8 +83,8 @@ def _sweep_job(raw: object, hc: object, sweep: dict[str, object], argv: list[str
     from omegaconf import OmegaConf
 
     from rl_vlm.compose import from_omegaconf
-    from rl_vlm.config import validate
     from rl_vlm.sweep import run_settings, swept_keys, varying, write_run_record
+    from rl_vlm.validation import validate
 
     job = int(hc.job.num)  # type: ignore[attr-defined]
     overrides = varying(list(hc.overrides.task), swept_keys(argv))  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """The one typed home of every knob.
 
 Hydra composes the YAML tree under ``configs/``; :func:`load_config` converts the result once
-into these frozen dataclasses and :func:`validate` checks it before any Ray actor starts. Every
+into these frozen dataclasses and :func:`rl_vlm.validation.validate` checks it before any Ray actor starts. Every
 default lives here (YAML only chooses and overrides), and every component receives only its own
 sub-config.
 """
@@ -9,7 +9,6 @@ sub-config.
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -587,168 +586,3 @@ def to_dict(cfg: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Validation: everything that can be checked before an actor starts.
 # --------------------------------------------------------------------------------------------
-
-def _require(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def validate(cfg: Config, check_paths: bool = True) -> Config:
-    """Raise ConfigError naming the first offending key; return ``cfg`` unchanged otherwise."""
-    d, r, l, a, c, t = cfg.data, cfg.rollout, cfg.learner, cfg.algorithm, cfg.cluster, cfg.trainer
-    _require(d.rollout_batch_size > 0, "data.rollout_batch_size", "must be positive")
-    _require(r.n >= 2, "rollout.n", f"GRPO needs at least 2 samples per prompt, got {r.n}")
-    _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
-    _require(c.weight_sync_bucket_mb > 0, "cluster.weight_sync_bucket_mb", "must be positive")
-    _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
-    _require(r.num_engines >= 1, "rollout.num_engines", "must be >= 1")
-    _require(r.torch_threads >= 1, "rollout.torch_threads", f"must be >= 1, got {r.torch_threads}")
-    _require(l.torch_threads >= 1, "learner.torch_threads", f"must be >= 1, got {l.torch_threads}")
-    _require(r.val_n >= 1, "rollout.val_n", "must be >= 1")
-    _require(r.val_n == 1 or r.val_temperature > 0, "rollout.val_temperature",
-             f"rollout.val_n={r.val_n} samples need val_temperature > 0 (greedy samples are identical)")
-    _require(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
-    _require(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0..3, got {l.zero_stage}")
-    _require(l.lr > 0, "learner.lr", "must be positive")
-    _require(l.mini_batch_size > 0 and d.rollout_batch_size % l.mini_batch_size == 0, "learner.mini_batch_size",
-             f"{l.mini_batch_size} must divide data.rollout_batch_size={d.rollout_batch_size}")
-    seqs = l.mini_batch_size * r.n
-    _require(seqs % l.num_ranks == 0, "learner.num_ranks",
-             f"a mini-batch of {l.mini_batch_size} prompts x rollout.n={r.n} = {seqs} sequences "
-             f"does not split evenly over {l.num_ranks} ranks")
-    per_rank = seqs // l.num_ranks
-    _require(l.micro_batch_size > 0 and per_rank % l.micro_batch_size == 0, "learner.micro_batch_size",
-             f"{l.micro_batch_size} must divide the {per_rank} sequences each rank gets per mini-batch "
-             f"(learner.mini_batch_size * rollout.n / learner.num_ranks)")
-    _require(l.old_logprobs == "recompute" or (r.temperature == 1.0 and r.top_p == 1.0), "learner.old_logprobs",
-             f"'rollout' needs rollout.temperature=1 and rollout.top_p=1 (vLLM returns log-probs of the raw "
-             f"distribution), got temperature={r.temperature}, top_p={r.top_p}; use 'recompute'")
-    _require(d.rollout_batch_size % r.num_engines == 0 or d.rollout_batch_size >= r.num_engines,
-             "rollout.num_engines", f"{r.num_engines} engines for {d.rollout_batch_size} prompts")
-    _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip ranges must be >= 0")
-    _require(a.clip_dual == 0 or a.clip_dual > 1, "algorithm.clip_dual", "must be 0 (off) or > 1")
-    _require(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
-    from rl_vlm.algorithms import build_algorithm  # here: the algorithms import this module
-
-    try:
-        build_algorithm(a)  # each algorithm checks its own sub-config, naming the key
-    except ValueError as e:
-        raise ConfigError(str(e) if str(e).startswith("algorithm") else f"algorithm: {e}") from e
-    _require(len(cfg.reward.functions) > 0, "reward.functions", "at least one reward function is required")
-    _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
-    _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")
-    _require(t.val_every >= 0, "trainer.val_every", "must be >= 0")
-    _require(t.save_every >= 0, "trainer.save_every", "must be >= 0")
-    _require(t.keep_last >= 0, "trainer.keep_last", "must be >= 0")
-    _require(t.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
-    m = cfg.model
-    _require(not l.offload_params or l.zero_stage == 3, "learner.offload_params",
-             f"parameter offload needs learner.zero_stage=3, got {l.zero_stage}")
-    _require(not l.offload_optimizer or l.zero_stage >= 1, "learner.offload_optimizer",
-             "optimizer offload needs learner.zero_stage >= 1")
-    device = resolve_device(c.device)
-    if device == "gpu":
-        from rl_vlm.placement import plan_gpus  # here: placement imports this module
-
-        plan_gpus(num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node, num_engines=r.num_engines,
-                  tensor_parallel_size=r.tensor_parallel_size, num_ranks=l.num_ranks, colocate=c.colocate,
-                  rollout_cpus_per_engine=c.rollout_cpus_per_engine, learner_cpus_per_rank=c.learner_cpus_per_rank)
-        _require(not c.colocate, "cluster.colocate",
-                 "the colocated layout is valid, but the actor groups do not run it yet (vLLM sleep/wake "
-                 "is not wired); use cluster.colocate=false")
-        _require(m.attn_implementation != "flash_attention_2" or m.dtype == "bfloat16", "model.attn_implementation",
-                 f"flash_attention_2 needs model.dtype=bfloat16 (no fp32 kernels), got {m.dtype}")
-    else:
-        _require(r.tensor_parallel_size == 1, "rollout.tensor_parallel_size", "must be 1 on CPU")
-        _require(m.attn_implementation != "flash_attention_2", "model.attn_implementation",
-                 "flash_attention_2 needs a GPU; use sdpa on CPU")
-        _require(m.dtype == "float32", "model.dtype",
-                 f"{m.dtype} is not supported on CPU (the CPU path is built and measured in float32); use float32")
-        _require(r.dtype in ("auto", "float32"), "rollout.dtype",
-                 f"{r.dtype} is not supported on CPU (the engine must match the float32 learner); use auto or float32")
-        _require(not c.colocate, "cluster.colocate", "needs GPUs (vLLM sleep/wake); CPU pools are always split")
-    if c.address == "local" and c.num_cpus:
-        need = r.num_engines * c.rollout_cpus_per_engine + l.num_ranks * c.learner_cpus_per_rank
-        _require(need <= c.num_cpus, "cluster.num_cpus",
-                 f"pools need {need} CPUs (rollout {r.num_engines} x {c.rollout_cpus_per_engine} + "
-                 f"learner {l.num_ranks} x {c.learner_cpus_per_rank}) but cluster.num_cpus={c.num_cpus}")
-    _validate_sampling(cfg, check_paths)
-    if check_paths:
-        _require(os.path.isdir(cfg.model.path) or _looks_like_hub_id(cfg.model.path), "model.path",
-                 f"{cfg.model.path!r} is not a directory (build the tiny model with `rl-vlm build-tiny-model`)")
-        for i, f in enumerate(d.train_files + d.val_files):
-            key = "data.train_files" if i < len(d.train_files) else "data.val_files"
-            _require(os.path.exists(f), key, f"{f!r} does not exist (create easy-VQA files with `rl-vlm prepare-data`)")
-    return cfg
-
-
-def _validate_sampling(cfg: Config, check_paths: bool) -> None:
-    """Dynamic sampling (``data.*``) and the curriculum (``curriculum.*``)."""
-    d, cur = cfg.data, cfg.curriculum
-    _require(d.max_sampling_tries >= 1, "data.max_sampling_tries", f"must be >= 1, got {d.max_sampling_tries}")
-    if d.filter_low is not None and d.filter_high is not None:
-        _require(d.filter_low < d.filter_high, "data.filter_low",
-                 f"{d.filter_low} must be < data.filter_high={d.filter_high}")
-    if d.dynamic_sampling:
-        from rl_vlm.algorithms import build_algorithm
-
-        _require(not build_algorithm(cfg.algorithm).rollout_views(), "data.dynamic_sampling",
-                 f"algorithm {cfg.algorithm.name} samples extra rollout-view groups per prompt; "
-                 "dynamic sampling filters plain groups only")
-    diff = cur.difficulty
-    _require(0 < diff.ema <= 1, "curriculum.difficulty.ema", f"must be in (0, 1], got {diff.ema}")
-    _require(0 < diff.floor <= 1, "curriculum.difficulty.floor", f"must be in (0, 1], got {diff.floor}")
-    from rl_vlm.data.prompt import TEMPLATES  # here: keeps this module import-light
-
-    for i, s in enumerate(cur.stages):
-        key = f"curriculum.stages[{i}]"
-        _require((s.steps > 0) != (s.epochs > 0), f"{key}.steps",
-                 f"stage {s.name or i!r} needs exactly one positive length: steps={s.steps}, epochs={s.epochs}")
-        _require(s.steps >= 0 and s.epochs >= 0, f"{key}.steps", "lengths must be >= 0")
-        _require(not (s.reward is not None and s.reward_set), f"{key}.reward_set",
-                 "set either reward or reward_set, not both")
-        if s.reward_set:
-            _require(s.reward_set in cfg.reward.by_task, f"{key}.reward_set",
-                     f"{s.reward_set!r} is not a set of reward.by_task (sets: {sorted(cfg.reward.by_task)})")
-        funcs = (cfg.reward.by_task[s.reward_set] if s.reward_set else
-                 s.reward.functions if s.reward is not None else cfg.reward.functions)
-        acc = s.reward.accuracy_key if s.reward is not None else cfg.reward.accuracy_key
-        _require(acc == cfg.reward.accuracy_key, f"{key}.reward.accuracy_key",
-                 f"must equal reward.accuracy_key={cfg.reward.accuracy_key!r} (validation and metrics use it)")
-        _require(any((f.key or f.name) == acc for f in funcs), f"{key}.reward",
-                 f"the stage's default function set has no function with key {acc!r} (reward.accuracy_key)")
-        _require(not s.prompt_template or s.prompt_template in TEMPLATES, f"{key}.prompt_template",
-                 f"unknown template {s.prompt_template!r}; known: {sorted(TEMPLATES)}")
-        _require(s.type == "rl" or 0 <= s.sft_threshold, f"{key}.sft_threshold", "must be >= 0")
-        if s.sources:
-            _require(sum(src.weight for src in s.sources) > 0, f"{key}.sources",
-                     f"weights {[src.weight for src in s.sources]} must sum to > 0")
-        for j, src in enumerate(s.sources):
-            skey = f"{key}.sources[{j}]"
-            _require(src.weight >= 0, f"{skey}.weight", f"must be >= 0, got {src.weight}")
-            _require(bool(src.files) != bool(src.task), skey,
-                     f"give either files or task, got files={list(src.files)} task={src.task!r}")
-            if check_paths:
-                for f in src.files:
-                    _require(os.path.exists(f), f"{skey}.files", f"{f!r} does not exist")
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/")) and not path.startswith("artifacts")
-
-
-def resolve_rollout_dtype(dtype: str, device: str) -> str:
-    """``rollout.dtype`` for vLLM: ``auto`` -> ``bfloat16`` on GPU, ``float32`` on CPU."""
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device == "gpu" else "float32"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``gpu`` if torch sees a CUDA device, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"

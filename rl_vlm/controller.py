@@ -22,22 +22,13 @@ from rl_vlm.algorithms import build_algorithm
 from rl_vlm.batch import Prompt, RolloutBatch
 from rl_vlm.checkpoint import CheckpointStore, install_stop_handler
 from rl_vlm.cluster import WorkerFailure
-from rl_vlm.config import Config, resolve_device, to_dict, validate
+from rl_vlm.config import Config, to_dict
 from rl_vlm.curriculum import Curriculum, rollout_and_score, sft_step
-from rl_vlm.experience import (
-    answer_mask,
-    branch_of,
-    learner_batch,
-    pad_responses,
-)
-from rl_vlm.resume import (
-    restore_checkpoint,
-    resume_point,
-    save_checkpoint,
-    write_resolved_config,
-)
+from rl_vlm.experience import answer_mask, branch_of, learner_batch, pad_responses
+from rl_vlm.resume import restore_checkpoint, resume_point, save_checkpoint, write_resolved_config
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.tracking import PhaseTimer, Tracker
+from rl_vlm.validation import resolve_device, validate
 
 log = logging.getLogger("rl_vlm.controller")
 

@@ -147,7 +147,8 @@ def assemble_parts(ranks: list[list[WeightPart]]) -> list[tuple[str, torch.Tenso
             numel *= d
         flat = parts[0] if len(parts) == 1 else torch.cat(parts)
         if flat.numel() < numel:
-            raise ValueError(f"{name}: the ranks' parts hold {flat.numel()} elements, shape {tuple(shape)} needs {numel}")
+            raise ValueError(f"{name}: the ranks' parts hold {flat.numel()} elements, "
+                             f"shape {tuple(shape)} needs {numel}")
         out.append((name, flat[:numel].view(tuple(shape))))
     return out
 

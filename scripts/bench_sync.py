@@ -68,7 +68,7 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
     from rl_vlm import cluster
     from rl_vlm.cluster import LearnerGroup, RolloutGroup, pool_layout, start_ray
     from rl_vlm.compose import compose
-    from rl_vlm.config import resolve_device, validate
+    from rl_vlm.validation import resolve_device, validate
 
     cfg = compose([f"model.path={model}", f"rollout.num_engines={a.engines}", "learner.num_ranks=2",
                    "data.rollout_batch_size=2", "rollout.n=2", "learner.mini_batch_size=2",

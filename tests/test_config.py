@@ -8,7 +8,14 @@ import pytest
 
 from rl_vlm.cluster import pool_layout
 from rl_vlm.compose import compose, config_dir
-from rl_vlm.config import ClusterConfig, Config, ConfigError, LearnerConfig, RolloutConfig, validate
+from rl_vlm.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    LearnerConfig,
+    RolloutConfig,
+)
+from rl_vlm.validation import validate
 
 
 def _group_options() -> list[str]:

@@ -26,7 +26,6 @@ from rl_vlm.config import (
     RewardConfig,
     RewardFunctionConfig,
     StageConfig,
-    validate,
 )
 from rl_vlm.curriculum import (
     Curriculum,
@@ -38,6 +37,7 @@ from rl_vlm.curriculum import (
     sft_batch,
 )
 from rl_vlm.rewards.manager import RewardResult
+from rl_vlm.validation import validate
 
 
 class FakeDataset:
@@ -216,10 +216,10 @@ def test_task_sources_select_rows_of_train_files(tmp_path: Any) -> None:
     (StageConfig(steps=2, prompt_template="nope"), r"curriculum\.stages\[0\]\.prompt_template"),
 ])
 def test_validation_names_the_key(stage: StageConfig, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rl_vlm.config as config
+    import rl_vlm.validation as validation
 
-    monkeypatch.setattr(config.os.path, "isdir", lambda p: True)
-    monkeypatch.setattr(config.os.path, "exists", lambda p: p != "missing.jsonl")
+    monkeypatch.setattr(validation.os.path, "isdir", lambda p: True)
+    monkeypatch.setattr(validation.os.path, "exists", lambda p: p != "missing.jsonl")
     cfg = replace(compose([]), curriculum=CurriculumConfig(stages=(stage,)))
     with pytest.raises(ConfigError, match=key):
         validate(cfg)

@@ -14,7 +14,8 @@ import pytest
 
 from rl_vlm.algorithms import build_algorithm
 from rl_vlm.compose import compose, config_dir
-from rl_vlm.config import Config, validate
+from rl_vlm.config import Config
+from rl_vlm.validation import validate
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 

@@ -6,8 +6,9 @@ import pytest
 
 from rl_vlm.cluster import pool_layout
 from rl_vlm.compose import compose
-from rl_vlm.config import ClusterConfig, ConfigError, LearnerConfig, RolloutConfig, resolve_rollout_dtype, validate
+from rl_vlm.config import ClusterConfig, ConfigError, LearnerConfig, RolloutConfig
 from rl_vlm.placement import GpuPlacement, plan_gpus
+from rl_vlm.validation import resolve_rollout_dtype, validate
 
 
 def _plan(nodes: int, engines: int, tp: int, ranks: int, colocate: bool = False, per_node: int = 8) -> GpuPlacement:

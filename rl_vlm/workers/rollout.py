@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from rl_vlm.batch import Prompt
-from rl_vlm.config import RolloutConfig, resolve_rollout_dtype
+from rl_vlm.config import RolloutConfig
+from rl_vlm.validation import resolve_rollout_dtype
 
 
 @dataclass

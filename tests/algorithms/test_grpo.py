@@ -10,7 +10,13 @@ import sys
 import pytest
 import torch
 
-from rl_vlm.algorithms import ALGORITHMS, Algorithm, LossInputs, LossTerm, build_algorithm
+from rl_vlm.algorithms import (
+    ALGORITHMS,
+    Algorithm,
+    LossInputs,
+    LossTerm,
+    build_algorithm,
+)
 from rl_vlm.algorithms.core import masked_sum
 from rl_vlm.config import AlgorithmConfig
 
@@ -238,7 +244,8 @@ def test_bad_config_strings_are_rejected_at_construction() -> None:
 # ----------------------------------------------------------------------------- composition
 def test_invalid_compositions_fail_at_config_time_naming_the_key() -> None:
     from rl_vlm.compose import compose
-    from rl_vlm.config import ConfigError, validate
+    from rl_vlm.config import ConfigError
+    from rl_vlm.validation import validate
 
     with pytest.raises(ConfigError, match=r"algorithm.name 'vppo\+vogue': vppo and vogue cannot be composed"):
         validate(compose(["algorithm=vppo", "algorithm.name=vppo+vogue"]), check_paths=False)
