@@ -160,8 +160,8 @@ def e2e_section(e2e: dict | None) -> str:
            f"Settings: {s['prompts']} prompts x {s['samples']} samples per step, <= {s['max_new_tokens']} new tokens, "
            f"lr {s['lr']}, no KL, one optimizer step per step (micro-batches of {s['micro_batch_size']}); "
            f"median over the steps after the first {s['warmup']} (warm-up). Torch threads: TRL "
-           f"{s.get('trl_threads') or 'all cores'}, rl-vlm's vLLM engine {s.get('rollout_threads') or 'all cores'}, "
-           f"its learners 1 per rank" + (f"; rl-vlm overrides: {' '.join(s['overrides'])}" if s.get("overrides") else "")
+           f"{s['trl_threads'] or 'all cores'}, rl-vlm's vLLM engine {s['rollout_threads'] or 'all cores'}, "
+           f"its learners 1 per rank" + (f"; rl-vlm overrides: {' '.join(s['overrides'])}" if s["overrides"] else "")
            + ".", ""]
     if e2e.get("trl_skipped"):
         out += [f"TRL skipped: {e2e['trl_skipped']}", ""]
