@@ -58,8 +58,8 @@ def summarize(step_s: list[float], lengths: list[float], completions: int, warmu
 def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argparse.Namespace,
                old_logprobs: str = "recompute") -> dict[str, Any]:
     from rl_vlm.compose import compose
-    from rl_vlm.controller import train
-    from rl_vlm.tracking import read_metrics
+    from rl_vlm.driver.controller import train
+    from rl_vlm.driver.tracking import read_metrics
 
     cfg = compose([
         f"model.path={model}", f"data.train_files=[{train_file}]", f"data.val_files=[{val_file}]",
@@ -128,7 +128,11 @@ def trl_dataset(train_file: Path, limit: int) -> Any:
 
 def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback
+    from transformers import (
+        AutoProcessor,
+        Qwen2_5_VLForConditionalGeneration,
+        TrainerCallback,
+    )
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(a.trl_threads or os.cpu_count() or 1)

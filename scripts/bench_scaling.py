@@ -64,7 +64,8 @@ def reconfigure(sys_: Any, B: int, G: int, T: int) -> None:
 def main() -> dict[str, Any]:
     from rl_vlm.algorithms import build_algorithm
     from rl_vlm.compose import compose
-    from rl_vlm.controller import _shutdown, build_system, train_step
+    from rl_vlm.driver.controller import _shutdown, train_step
+    from rl_vlm.driver.system import build_system
     from rl_vlm.validation import validate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,7 +1,7 @@
 """Weight-sync time and bandwidth: learner (2 ZeRO-3 ranks) -> every vLLM engine, by model size.
 
 For each size a random-weight Qwen2.5-VL is built, a LearnerGroup and a RolloutGroup are started
-exactly as ``rl-vlm train`` starts them (:mod:`rl_vlm.cluster`, one Ray instance for all sizes),
+exactly as ``rl-vlm train`` starts them (:mod:`rl_vlm.distributed.pools`, one Ray instance for all sizes),
 and the production path is timed ``--repeats`` times:
 
     refs = learners.publish_weights()         # every ZeRO-3 rank: ray.put of its own partition, per bucket
@@ -51,7 +51,7 @@ def memcpy_baseline(shapes: list[tuple[int, ...]], repeats: int) -> float:
 
 def _engine_load_split(engine: Any, refs: list[list[Any]], version: int) -> tuple[float, float]:
     """Inside a rollout actor: (object-store fetch + concatenation s, vLLM reload s) of one sync."""
-    from rl_vlm.cluster import fetch_buckets
+    from rl_vlm.distributed.sync.object_store import fetch_buckets
 
     t0 = time.perf_counter()
     buckets = fetch_buckets(refs)
@@ -65,9 +65,10 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
     import torch
     from ray.util import remove_placement_group
 
-    from rl_vlm import cluster
-    from rl_vlm.cluster import LearnerGroup, RolloutGroup, pool_layout, start_ray
     from rl_vlm.compose import compose
+    from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
+    from rl_vlm.distributed.runtime import pool_layout, start_ray
+    from rl_vlm.distributed.sync.collective import connect_weight_sync
     from rl_vlm.validation import resolve_device, validate
 
     cfg = compose([f"model.path={model}", f"rollout.num_engines={a.engines}", "learner.num_ranks=2",
@@ -81,8 +82,7 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
     t0 = time.perf_counter()
     rollout = RolloutGroup(cfg, layout, device)
     learners = LearnerGroup(cfg, layout, device)
-    if hasattr(cluster, "connect_weight_sync"):
-        cluster.connect_weight_sync(rollout, learners, device)
+    connect_weight_sync(rollout, learners, device)
     ray.get([a_.pid.remote() for a_ in rollout.actors])  # engines up
     startup = time.perf_counter() - t0
     try:
@@ -142,7 +142,7 @@ def main() -> dict[str, Any]:
     p.add_argument("--sizes", default="tiny,s5m,m60m,l120m,xl250m")
     p.add_argument("--engines", type=int, default=1)
     p.add_argument("--modes", default="object_store,collective",
-                   help="cluster.weight_sync transports to time (collective needs rl_vlm.cluster.connect_weight_sync)")
+                   help="cluster.weight_sync transports to time (collective needs rl_vlm.distributed.sync.collective.connect_weight_sync)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "sync"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 1 measured repeat")
@@ -150,9 +150,7 @@ def main() -> dict[str, Any]:
     if a.smoke:
         a.sizes, a.repeats = "tiny", 1
     out = Path(a.out)
-    from rl_vlm import cluster
-
-    modes = [m for m in a.modes.split(",") if m == "object_store" or hasattr(cluster, "connect_weight_sync")]
+    modes = a.modes.split(",")
     report: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in vars(a).items() if k != "out"},
                               "results": {}}
     try:

@@ -81,8 +81,8 @@ def run_one(algorithm: str, args: argparse.Namespace) -> tuple[list[dict[str, An
     (metrics records, wall seconds; 0 for a reused run)."""
     from rl_vlm.compose import compose
     from rl_vlm.config import to_dict
-    from rl_vlm.controller import train
-    from rl_vlm.tracking import read_metrics
+    from rl_vlm.driver.controller import train
+    from rl_vlm.driver.tracking import read_metrics
 
     run_dir = os.path.join(args.out, algorithm)
     cfg = compose([
@@ -106,7 +106,7 @@ def _finished_same_run(run_dir: str, wanted: dict[str, Any], steps: int) -> bool
     its saved config.yaml that still exists has the wanted value; output paths excepted)."""
     import yaml
 
-    from rl_vlm.tracking import read_metrics
+    from rl_vlm.driver.tracking import read_metrics
 
     try:
         with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as f:

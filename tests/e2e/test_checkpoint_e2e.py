@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_vlm.checkpoint import CheckpointStore, is_complete
-from rl_vlm.tracking import read_metrics
+from rl_vlm.checkpoint.store import CheckpointStore, is_complete
+from rl_vlm.driver.tracking import read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -123,9 +123,10 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from rl_vlm.config import RolloutConfig
-    from rl_vlm.data.dataset import PromptSampler, RowDataset
-    from rl_vlm.workers.learner import token_logprobs
-    from rl_vlm.workers.rollout import RolloutEngine
+    from rl_vlm.data.dataset import RowDataset
+    from rl_vlm.data.sampling import PromptSampler
+    from rl_vlm.distributed.workers.learner import token_logprobs
+    from rl_vlm.distributed.workers.rollout import RolloutEngine
 
     run_dir = reference_run
     out = tmp_path / "exported"
@@ -173,7 +174,7 @@ def _pids(pattern: str, tag: str) -> list[int]:
 def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path, data: tuple[Path, Path],
                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rl_vlm.compose import compose
-    from rl_vlm.controller import train
+    from rl_vlm.driver.controller import train
 
     run_dir = tmp_path / "faults"
     cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.val_every=0"])

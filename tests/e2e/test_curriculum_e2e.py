@@ -22,8 +22,8 @@ from rl_vlm.config import (
     RewardFunctionConfig,
     StageConfig,
 )
-from rl_vlm.controller import train
-from rl_vlm.tracking import read_metrics
+from rl_vlm.driver.controller import train
+from rl_vlm.driver.tracking import read_metrics
 
 pytestmark = pytest.mark.e2e
 

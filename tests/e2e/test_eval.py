@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rl_vlm.compose import compose
-from rl_vlm.controller import evaluate, pass_at_k
+from rl_vlm.driver.controller import evaluate
+from rl_vlm.driver.evaluation import pass_at_k
 
 pytestmark = pytest.mark.e2e
 

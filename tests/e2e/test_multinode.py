@@ -30,7 +30,7 @@ from typing import Iterator
 
 import pytest
 
-from rl_vlm.tracking import read_metrics
+from rl_vlm.driver.tracking import read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +118,7 @@ def two_node_cluster(tmp_path: Path) -> Iterator[str]:
 DRIVER = """
 import json, os, sys
 import ray
-from rl_vlm import controller
+from rl_vlm.driver import controller
 from rl_vlm.compose import compose
 
 placed = {}

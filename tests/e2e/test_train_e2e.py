@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from rl_vlm.compose import compose
-from rl_vlm.controller import train
-from rl_vlm.tracking import read_metrics
+from rl_vlm.driver.controller import train
+from rl_vlm.driver.tracking import read_metrics
 
 pytestmark = pytest.mark.e2e
 

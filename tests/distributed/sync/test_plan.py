@@ -9,10 +9,10 @@ import threading
 import pytest
 import torch
 
-from rl_vlm.weight_sync import (
+from rl_vlm.distributed.sync.group import WeightGroup
+from rl_vlm.distributed.sync.plan import (
     ALIGN,
     TensorSpec,
-    WeightGroup,
     assemble_parts,
     bucket_offsets,
     pack_bucket,
@@ -130,8 +130,8 @@ def test_gloo_group_broadcasts_every_bucket_to_every_receiver() -> None:
 
 
 def test_pool_resources_go_into_every_bundle_of_their_pool() -> None:
-    from rl_vlm.cluster import pool_layout
     from rl_vlm.compose import compose
+    from rl_vlm.distributed.runtime import pool_layout
 
     cfg = compose(["learner.num_ranks=2", "+cluster.rollout_resources.node_a=1",
                    "+cluster.learner_resources.node_b=1", "cluster.weight_sync=collective",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from rl_vlm.checkpoint import CheckpointError, check_complete, resolve_resume
+from rl_vlm.checkpoint.store import CheckpointError, check_complete, resolve_resume
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "float32") -> str:
@@ -20,7 +20,11 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "float32") -> 
     ``dtype``: ``float32`` (the master weights, exact) or ``bfloat16`` (half the size)."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoProcessor,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     try:
         path = resolve_resume(checkpoint, os.getcwd())

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from rl_vlm.config import RolloutConfig
-from rl_vlm.data.dataset import PromptSampler, RowDataset
+from rl_vlm.data.dataset import RowDataset
 from rl_vlm.data.easy_vqa import convert_easy_vqa
+from rl_vlm.data.sampling import PromptSampler
 
 SYNC_TOL = 1e-4  # fp32 on both sides; measured ~7e-7 (kernel summation order only)
 
@@ -19,7 +20,7 @@ SYNC_TOL = 1e-4  # fp32 on both sides; measured ~7e-7 (kernel summation order on
 def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from rl_vlm.workers.rollout import RolloutEngine
+    from rl_vlm.distributed.workers.rollout import RolloutEngine
 
     _, test = convert_easy_vqa(tmp_path_factory.mktemp("evqa"), max_train=4, max_test=4)
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
@@ -30,7 +31,7 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _learner_logprobs(hf, proc, prompt, response: list[int], with_mm_types: bool = True) -> torch.Tensor:
-    from rl_vlm.workers.learner import token_logprobs
+    from rl_vlm.distributed.workers.learner import token_logprobs
 
     enc = proc(text=[prompt.prompt_text], images=prompt.images, return_tensors="pt")
     ids = torch.cat([enc["input_ids"], torch.tensor([response])], dim=1)

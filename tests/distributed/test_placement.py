@@ -1,13 +1,13 @@
-"""GPU placement arithmetic (rl_vlm.placement) and the precision/offload validation, on CPU."""
+"""GPU placement arithmetic (rl_vlm.distributed.placement) and the precision/offload validation, on CPU."""
 
 from __future__ import annotations
 
 import pytest
 
-from rl_vlm.cluster import pool_layout
 from rl_vlm.compose import compose
 from rl_vlm.config import ClusterConfig, ConfigError, LearnerConfig, RolloutConfig
-from rl_vlm.placement import GpuPlacement, plan_gpus
+from rl_vlm.distributed.placement import GpuPlacement, plan_gpus
+from rl_vlm.distributed.runtime import pool_layout
 from rl_vlm.validation import resolve_rollout_dtype, validate
 
 

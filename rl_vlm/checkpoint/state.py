@@ -1,6 +1,5 @@
-"""Checkpoint save, restore and the resume decision, for the driver loop in
-:mod:`rl_vlm.controller` (the storage layer — atomic directories, manifests, RNG capture — is
-:mod:`rl_vlm.checkpoint`)."""
+"""What a checkpoint holds: save and restore of the running system (learner shards, driver
+state, config), written through :mod:`rl_vlm.checkpoint.store`."""
 
 from __future__ import annotations
 
@@ -11,20 +10,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rl_vlm.checkpoint import (
-    CheckpointError,
+from rl_vlm.checkpoint.resume import write_resolved_config
+from rl_vlm.checkpoint.store import (
     CheckpointStore,
-    check_resume_config,
     rng_state,
     save_torch_atomic,
     set_rng_state,
 )
-from rl_vlm.config import Config, to_dict
 
 if TYPE_CHECKING:
-    from rl_vlm.controller import System
+    from rl_vlm.driver.system import System
 
-log = logging.getLogger("rl_vlm.controller")
+
+log = logging.getLogger("rl_vlm.driver")
 
 
 def save_checkpoint(sys_: System, store: CheckpointStore, step: int) -> str:
@@ -54,28 +52,3 @@ def restore_checkpoint(sys_: System, path: str) -> int:
     set_rng_state(state["rng"])
     sys_.rollout.load_weights(sys_.learners.publish_weights(), state["weight_version"])
     return int(state["step"])
-
-
-def resume_point(cfg: Config, store: CheckpointStore) -> str | None:
-    """The checkpoint to resume from, after checking the config may change as it does."""
-    import yaml
-
-    path = store.resolve(cfg.trainer.resume)
-    if cfg.trainer.resume == "off" and store.latest():
-        raise CheckpointError(f"trainer.resume=off but {cfg.trainer.output_dir} already holds checkpoints "
-                              f"(newest: {store.latest()}); use trainer.resume=auto to continue it, or a new "
-                              "trainer.output_dir to start over")
-    if path is None:
-        return None
-    with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
-        saved = yaml.safe_load(f)
-    for line in check_resume_config(saved, to_dict(cfg)):
-        log.warning("resume from %s applies a config change: %s", path, line)
-    return path
-
-
-def write_resolved_config(cfg: Config, run_dir: str) -> None:
-    import yaml
-
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -1,6 +1,6 @@
 """One rollout engine: a vLLM ``LLM`` that samples responses and reloads weights in place.
 
-A plain class; :mod:`rl_vlm.cluster` wraps it in a Ray actor. The engine runs in-process
+A plain class; :mod:`rl_vlm.distributed.pools` wraps it in a Ray actor. The engine runs in-process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the actor owns it directly.
 """
 
@@ -52,7 +52,7 @@ class RolloutEngine:
         # when a request with its own seed is split across scheduler steps.
         self.llm = LLM(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager, max_model_len=max_model_len,
                        enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len),
-                       limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.workers.vllm_ext.WeightUpdateExtension",
+                       limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.distributed.sync.engine_hook.WeightUpdateExtension",
                        **kwargs)
         if device == "cpu" and torch.get_num_threads() != cfg.torch_threads:
             raise RuntimeError(f"rollout.torch_threads={cfg.torch_threads}, but vLLM left the engine at "

@@ -1,4 +1,4 @@
-"""Sweep rules and summary (rl_vlm.sweep) on fake run directories; the Hydra multirun wiring of
+"""Sweep rules and summary (rl_vlm.driver.sweep) on fake run directories; the Hydra multirun wiring of
 ``rl-vlm train -m`` with training replaced by a stub (the real sweep is tests/e2e/test_sweep.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_vlm.sweep import run_settings, summarize, write_run_record, write_summary
+from rl_vlm.driver.sweep import run_settings, summarize, write_run_record, write_summary
 
 
 def _fake_run(sweep: Path, job: int, overrides: list[str], vals: list[float | None], status: str = "ok") -> None:
@@ -114,7 +114,7 @@ def test_multirun_dispatch_with_stub_training(tmp_path: Path, monkeypatch: pytes
 
 
 def test_swept_keys_from_the_command_line() -> None:
-    from rl_vlm.sweep import swept_keys, varying
+    from rl_vlm.driver.sweep import swept_keys, varying
 
     argv = ["-m", "algorithm=grpo,dr_grpo", "learner.lr=1e-6,3e-6", "trainer.seed=5", "data.train_files=[a,b]",
             "+x.y=range(1,3)", "reward.functions=[{name: a, weight: 1}]", "s='a,b'", "hydra.sweep.dir=out"]

@@ -17,8 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from rl_vlm.checkpoint import (MANIFEST, CheckpointError, CheckpointStore, check_complete, install_stop_handler,
-                               resolve_resume, rng_state, save_json_atomic, save_torch_atomic, set_rng_state)
+from rl_vlm.checkpoint.store import (
+    MANIFEST,
+    CheckpointError,
+    CheckpointStore,
+    check_complete,
+    resolve_resume,
+    rng_state,
+    save_json_atomic,
+    save_torch_atomic,
+    set_rng_state,
+)
+from rl_vlm.driver.signals import install_stop_handler
 
 
 def save(store: CheckpointStore, step: int) -> str:
@@ -117,7 +127,7 @@ def test_writers_must_not_write_the_manifest(tmp_path: Path) -> None:
 # A child process that starts a save of step 2 and is SIGKILLed at a chosen point.
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
-    from rl_vlm import checkpoint
+    from rl_vlm.checkpoint import store as checkpoint
     run_dir, where = sys.argv[1], sys.argv[2]
     store = checkpoint.CheckpointStore(run_dir, keep_last=1)
     def die(*args, **kwargs):

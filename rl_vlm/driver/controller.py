@@ -10,107 +10,34 @@ with one named, timed phase per arrow, plus validation on the held-out split eve
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rl_vlm.algorithms import build_algorithm
-from rl_vlm.batch import Prompt, RolloutBatch
-from rl_vlm.checkpoint import CheckpointStore, install_stop_handler
-from rl_vlm.cluster import WorkerFailure
+from rl_vlm.batch import RolloutBatch
+from rl_vlm.checkpoint.resume import resume_point, write_resolved_config
+from rl_vlm.checkpoint.state import restore_checkpoint, save_checkpoint
+from rl_vlm.checkpoint.store import CheckpointStore
 from rl_vlm.config import Config, to_dict
-from rl_vlm.curriculum import Curriculum, rollout_and_score, sft_step
-from rl_vlm.experience import answer_mask, branch_of, learner_batch, pad_responses
-from rl_vlm.resume import restore_checkpoint, resume_point, save_checkpoint, write_resolved_config
-from rl_vlm.rewards.manager import RewardManager
-from rl_vlm.tracking import PhaseTimer, Tracker
-from rl_vlm.validation import resolve_device, validate
+from rl_vlm.curriculum import rollout_and_score, sft_step
+from rl_vlm.distributed.pools import WorkerFailure
+from rl_vlm.driver.evaluation import run_validation
+from rl_vlm.driver.experience import (
+    answer_mask,
+    branch_of,
+    learner_batch,
+    pad_responses,
+)
+from rl_vlm.driver.metrics import response_stats
+from rl_vlm.driver.signals import install_stop_handler
+from rl_vlm.driver.system import System, build_system
+from rl_vlm.driver.tracking import PhaseTimer, Tracker
+from rl_vlm.validation import validate
 
-log = logging.getLogger("rl_vlm.controller")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-def response_stats(rollout: RolloutBatch) -> dict[str, float]:
-    lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32)
-    return {"response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
-            "response/truncated_frac": sum(rollout.truncated) / max(len(rollout.truncated), 1)}
-
-
-@dataclass
-class System:
-    """Everything the loop drives, built once from the config."""
-
-    cfg: Config
-    train_sampler: Any
-    val_prompts: list[Prompt]
-    rollout: Any
-    learners: Any
-    rewards: RewardManager
-    tokenizer: Any
-    curriculum: Curriculum = None  # type: ignore[assignment]  # set by build_system
-    """Stages, their samplers and rewards; installs the current stage's into ``train_sampler``
-    and ``rewards`` (no stages: one stage over ``data.train_files`` with ``reward``)."""
-
-
-def build_system(cfg: Config, with_learners: bool = True) -> System:
-    """Load data, start Ray, place the pools and start every actor (config already validated).
-    ``with_learners=False`` starts only the rollout pool (evaluation)."""
-    from transformers import AutoProcessor
-
-    from rl_vlm.cluster import (
-        LearnerGroup,
-        RolloutGroup,
-        connect_weight_sync,
-        pool_layout,
-        start_ray,
-    )
-    from rl_vlm.data.dataset import PromptSampler, RowDataset
-
-    processor = AutoProcessor.from_pretrained(cfg.model.path)
-    d, m = cfg.data, cfg.model
-    curriculum = Curriculum(cfg, processor)  # the training data and rewards of every stage
-    val = RowDataset(d.val_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
-    # A fixed, seeded random subset: files such as easy-VQA list ~10 questions per image in a
-    # row, so the first N rows would cover only N/10 images.
-    val_prompts = PromptSampler(val, min(d.val_size, len(val)), seed=0, shuffle=True).next_batch()
-    device = resolve_device(cfg.cluster.device)
-    layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
-    start_ray(cfg, layout)
-    rollout = RolloutGroup(cfg, layout, device)
-    learners = LearnerGroup(cfg, layout, device) if with_learners else None
-    if learners is not None:
-        connect_weight_sync(rollout, learners, device)
-    return System(cfg, curriculum.sampler, val_prompts, rollout, learners, curriculum.rewards, processor.tokenizer,
-                  curriculum)
-
-
-def run_validation(sys_: System) -> dict[str, float]:
-    """Score the held-out prompts: mean reward, accuracy (pass@1) and pass@k for k <= val_n."""
-    r = sys_.cfg.rollout
-    batch = sys_.rollout.generate(sys_.val_prompts, r.val_n, max(r.val_temperature, 0.0), 1.0, seed=0)
-    rows = [p.row for p in batch.prompts for _ in range(batch.group_size)]
-    scored = sys_.rewards.score(batch.response_texts, rows)
-    acc = scored.sub_scores[sys_.cfg.reward.accuracy_key].view(-1, batch.group_size)
-    out = {"val/reward": scored.overall.mean().item(), "val/accuracy": acc.mean().item()}
-    tasks = [str(p.row["task"]) for p in batch.prompts if "task" in p.row]
-    if len(tasks) == len(batch.prompts):  # mixed-task data: accuracy per task as well
-        for task in sorted(set(tasks)):
-            sel = torch.tensor([t == task for t in tasks])
-            out[f"val/accuracy/{task}"] = acc[sel].mean().item()
-    correct = (acc > 0.5).sum(dim=1).tolist()
-    for k in range(2, batch.group_size + 1):
-        out[f"val/pass@{k}"] = sum(pass_at_k(batch.group_size, c, k) for c in correct) / len(correct)
-    return out
+log = logging.getLogger("rl_vlm.driver")
 
 
 def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
@@ -203,6 +130,7 @@ def _hook_extras(sys_: System, algorithm: Any, rollout: RolloutBatch, num_raw_pr
 def train(cfg: Config) -> str:
     """Run ``cfg`` to completion; returns the run directory.
 
+
     Resumes from ``trainer.resume`` (default: the newest complete checkpoint of the run
     directory). A learner rank that dies makes the whole system restart from the newest
     checkpoint, at most ``trainer.max_restarts`` times.
@@ -273,6 +201,7 @@ def evaluate(cfg: Config) -> dict[str, float]:
     ``<output_dir>/eval.json``."""
     import json
 
+
     validate(cfg)
     sys_ = build_system(cfg, with_learners=False)
     try:
@@ -287,6 +216,7 @@ def evaluate(cfg: Config) -> dict[str, float]:
 
 def _shutdown() -> None:
     import ray
+
 
     if ray.is_initialized():
         ray.shutdown()

@@ -32,34 +32,48 @@ import os
 import random
 import re
 import shutil
-import signal
 import threading
 import time
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Callable
 
 log = logging.getLogger("rl_vlm.checkpoint")
 
+
 FORMAT_VERSION = 1
+
+
 MANIFEST = "COMPLETE"
+
+
 POINTER = "latest"
+
+
 CHECKPOINTS_DIR = "checkpoints"
+
+
 HASH_MAX_BYTES = 1 << 20
 """Files up to this size get a sha256 in the manifest (driver state, configs); shards only a size."""
 
+
 _STEP_RE = re.compile(r"^step_(\d+)$")
+
+
 _TMP_PREFIX = ".tmp-"
+
+
 _TRASH_PREFIX = ".trash-"
+
+
 # Temporary directories of saves in progress in this process: never cleaned as stale.
 _ACTIVE: set[str] = set()
+
+
 _ACTIVE_LOCK = threading.Lock()
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, incomplete, or of an unknown format."""
-
-
-# --------------------------------------------------------------------------- durable file helpers
 
 
 def fsync_dir(path: str) -> None:
@@ -116,6 +130,7 @@ def save_torch_atomic(path: str, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically and durably."""
     import torch
 
+
     _write_atomic(path, lambda f: torch.save(obj, f), "wb")
 
 
@@ -125,9 +140,6 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 16), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- manifests
 
 
 def step_of(path: str) -> int:
@@ -196,12 +208,10 @@ def _build_manifest(path: str, step: int, meta: dict[str, Any]) -> dict[str, Any
             "files": files, "meta": meta}
 
 
-# --------------------------------------------------------------------------- the store
-
-
 class PendingCheckpoint:
     """A save in progress: writers fill :attr:`path`; :meth:`commit` publishes it, :meth:`abort`
     discards it. As a context manager it commits on a clean exit and aborts on any exception."""
+
 
     def __init__(self, store: CheckpointStore, step: int, path: str, meta: dict[str, Any]) -> None:
         self.store = store
@@ -213,6 +223,7 @@ class PendingCheckpoint:
         self.final_path: str | None = None
         """``<run_dir>/checkpoints/step_<N>`` once committed."""
         self._state = "open"
+
 
     def commit(self) -> str:
         if self._state != "open":
@@ -240,6 +251,7 @@ class PendingCheckpoint:
         self.store._after_publish(self.final_path)
         return self.final_path
 
+
     def abort(self) -> None:
         if self._state != "open":
             return
@@ -247,8 +259,10 @@ class PendingCheckpoint:
         shutil.rmtree(self.path, ignore_errors=True)
         _forget(self.path)
 
+
     def __enter__(self) -> PendingCheckpoint:
         return self
+
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -267,9 +281,11 @@ class CheckpointStore:
     """Atomic, bounded checkpoint directories under ``<run_dir>/checkpoints``. One training run
     (one driver) writes a run directory at a time.
 
+
     ``keep_last``: how many complete checkpoints survive a save (the one just written included);
     0 keeps them all.
     """
+
 
     def __init__(self, run_dir: str, keep_last: int = 2) -> None:
         if keep_last < 0:
@@ -278,7 +294,9 @@ class CheckpointStore:
         self.dir = os.path.join(self.run_dir, CHECKPOINTS_DIR)
         self.keep_last = keep_last
 
+
     # ---- writing
+
 
     def begin(self, step: int, meta: dict[str, Any] | None = None) -> PendingCheckpoint:
         """Start the save of ``step``: cleans what crashed saves left, returns the pending checkpoint."""
@@ -300,6 +318,7 @@ class CheckpointStore:
             raise
         return PendingCheckpoint(self, step, path, dict(meta or {}))
 
+
     def _publish(self, pending: PendingCheckpoint) -> str:
         final = os.path.join(self.dir, f"step_{pending.step}")
         # Checkpoints at or after this step belong to a timeline this run abandoned by resuming
@@ -314,12 +333,14 @@ class CheckpointStore:
         fsync_dir(self.dir)
         return final
 
+
     def _after_publish(self, final: str) -> None:
         _write_atomic(os.path.join(self.dir, POINTER), lambda f: f.write(os.path.basename(final) + "\n"), "w")
         if self.keep_last:
             for path in self.list()[:-self.keep_last]:
                 self._retire(path)
         self._empty_trash(own_only=True)
+
 
     def _retire(self, path: str) -> None:
         """Rename first, then delete: a half-deleted checkpoint is never named ``step_<N>``."""
@@ -328,11 +349,13 @@ class CheckpointStore:
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(path, trash)
 
+
     def _empty_trash(self, own_only: bool) -> None:
         suffix = f"-{os.getpid()}"
         for name in os.listdir(self.dir):
             if name.startswith(_TRASH_PREFIX) and (not own_only or name.endswith(suffix)):
                 shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+
 
     def _clean_stale(self) -> None:
         with _ACTIVE_LOCK:
@@ -346,7 +369,9 @@ class CheckpointStore:
                 os.unlink(path)
         self._empty_trash(own_only=False)
 
+
     # ---- reading
+
 
     def _step_dirs(self) -> list[tuple[int, str]]:
         try:
@@ -355,6 +380,7 @@ class CheckpointStore:
             return []
         found = [(int(m.group(1)), os.path.join(self.dir, name)) for name in names if (m := _STEP_RE.match(name))]
         return sorted(found)
+
 
     def list(self) -> list[str]:
         """Complete checkpoints, oldest step first. ``step_*`` directories without a valid manifest
@@ -372,6 +398,7 @@ class CheckpointStore:
             out.append(path)
         return out
 
+
     def latest(self) -> str | None:
         """The newest complete checkpoint, or None. The manifests decide, not the ``latest`` file: a
         crash between the rename and the pointer update leaves the pointer one save behind, and a
@@ -384,6 +411,7 @@ class CheckpointStore:
                      pointed, newest)
         return newest
 
+
     def _read_pointer(self) -> str | None:
         try:
             with open(os.path.join(self.dir, POINTER), encoding="utf-8") as f:
@@ -392,6 +420,7 @@ class CheckpointStore:
             return None
         return os.path.join(self.dir, name) if _STEP_RE.match(name) else None
 
+
     def resolve(self, resume: str) -> str | None:
         """The checkpoint ``trainer.resume`` asks for; see :func:`resolve_resume`."""
         return resolve_resume(resume, self.run_dir)
@@ -399,6 +428,7 @@ class CheckpointStore:
 
 def resolve_resume(resume: str, run_dir: str) -> str | None:
     """Turn the config value ``trainer.resume`` into a checkpoint directory (or None = start fresh).
+
 
     - ``"auto"``: the newest complete checkpoint of ``run_dir``, or None if it has none;
     - ``"off"``: None;
@@ -435,15 +465,13 @@ def resolve_resume(resume: str, run_dir: str) -> str | None:
                           f"directory (no {CHECKPOINTS_DIR}/ inside)")
 
 
-# --------------------------------------------------------------------------- RNG state
-
-
 def rng_state() -> dict[str, Any]:
     """The global RNG states of python ``random``, numpy and torch (CPU, and CUDA when CUDA is
     already initialized in this process; capturing never initializes it). The dict holds only
     python scalars/lists and tensors, so it loads with ``torch.load(weights_only=True)``."""
     import numpy as np
     import torch
+
 
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
@@ -465,6 +493,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     s = state["numpy"]
@@ -478,117 +507,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
         else:
             log.warning("not restoring CUDA RNG states: saved for %d devices, %d visible", len(cuda),
                         torch.cuda.device_count())
-
-
-# --------------------------------------------------------------------------- stopping on a signal
-
-
-class StopRequested:
-    """A flag set by SIGTERM/SIGINT, made by :func:`install_stop_handler`; call it to read it.
-
-    The training loop checks it once per step, after the step's update, and then saves and leaves::
-
-        stop_requested = install_stop_handler()
-        try:
-            for step in range(start, total_steps):
-                run_step(step)
-                if step % save_every == 0 or stop_requested():
-                    save(step)
-                if stop_requested():
-                    log.info("stopping after step %d (%s)", step, stop_requested.signal_name)
-                    break
-        finally:
-            stop_requested.restore()
-
-    A second SIGINT (Ctrl-C again) raises KeyboardInterrupt at once; repeated SIGTERMs only keep
-    the flag set (a scheduler's SIGKILL after its grace period ends the job; the atomic save
-    means the previous checkpoint is then still intact).
-
-    Install it *after* ``ray.init()``: ``ray.init`` sets its own SIGTERM handler (exit at once)
-    and would replace this one; reading the flag warns once if that happened. Ray's worker
-    processes start with SIGINT blocked, so Ctrl-C reaches only the driver and the actors stay
-    alive to write the checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        """Name of the first signal received (``"SIGTERM"``/``"SIGINT"``), None before any."""
-        self._previous: dict[int, Any] = {}
-        self._warned = False
-
-    def __call__(self) -> bool:
-        if not self._warned:
-            replaced = [signal.Signals(s).name for s in self._previous if signal.getsignal(s) != self._handle]
-            if replaced:
-                self._warned = True
-                log.warning("the stop handler for %s was replaced by another one (install it after ray.init())",
-                            ", ".join(replaced))
-        return self.signal_name is not None
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-            log.warning("%s received: finishing the current step, saving a checkpoint, then exiting "
-                        "(Ctrl-C again to abort without saving)", self.signal_name)
-
-    def restore(self) -> None:
-        """Put back the handlers that were installed before."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-
-def install_stop_handler(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> StopRequested:
-    """Install handlers for ``signals`` that set (and return) a :class:`StopRequested` flag instead
-    of killing the process. Must be called from the main thread (a Python rule for signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("install_stop_handler() must be called from the main thread")
-    flag = StopRequested()
-    for signum in signals:
-        flag._previous[signum] = signal.signal(signum, flag._handle)
-    return flag
-
-
-# --------------------------------------------------------------------------- config on resume
-
-FIXED_ON_RESUME: dict[str, str] = {
-    "model.path": "the checkpoint holds weights of the saved model",
-    "model.dtype": "the optimizer state was saved in the saved dtype",
-    "learner.num_ranks": "ZeRO-3 shards are per rank; resume with the saved world size",
-    "learner.zero_stage": "the shard layout depends on the ZeRO stage",
-    "learner.lr": "the restored optimizer and LR scheduler carry the saved learning rate",
-    "algorithm.name": "the algorithm's state (e.g. an EMA reference) belongs to the saved algorithm",
-    "data.train_files": "the sampler position refers to the saved training files",
-    "data.rollout_batch_size": "the sampler position counts batches of the saved size",
-    "data.shuffle": "the sampler order depends on it",
-    "trainer.seed": "the sampler order and the rollout seeds depend on it",
-    "rollout.n": "group sizes of the remaining steps would differ from the saved run",
-    "curriculum.stages": "the saved stage and sampler positions refer to the saved stages",
-}
-"""Keys a resumed run cannot change, with the reason given in the error."""
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Compare the saved run's config with the current one (both plain dicts, as
-    :func:`rl_vlm.config.to_dict` gives). A change of a :data:`FIXED_ON_RESUME` key raises
-    CheckpointError naming it; every other change is returned as ``"key: old -> new"`` lines to
-    be reported (they are applied)."""
-    old, new = _flatten(saved), _flatten(current)
-    for key, why in FIXED_ON_RESUME.items():
-        if key in old and old.get(key) != new.get(key):
-            raise CheckpointError(f"{key} changed on resume ({old.get(key)!r} -> {new.get(key)!r}): {why}. "
-                                  "Use the saved value, or start a new run (trainer.output_dir) from an "
-                                  "exported checkpoint (rl-vlm export)")
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]

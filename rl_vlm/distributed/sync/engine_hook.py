@@ -23,9 +23,9 @@ class WeightUpdateExtension:
 
     def rl_vlm_join_group(self: Any, host: str, port: int, rank_offset: int, world_size: int, backend: str,
                           plan: list[list[Any]]) -> int:
-        """Join the weight-sync group (:class:`rl_vlm.weight_sync.WeightGroup`) as rank
+        """Join the weight-sync group (:class:`rl_vlm.distributed.sync.group.WeightGroup`) as rank
         ``rank_offset`` + this worker's rank in its engine; keep the bucket plan for every sync."""
-        from rl_vlm.weight_sync import WeightGroup
+        from rl_vlm.distributed.sync.group import WeightGroup
 
         rank = rank_offset + int(getattr(self, "rank", 0))
         self.rl_vlm_group = WeightGroup(host, port, rank, world_size, backend)

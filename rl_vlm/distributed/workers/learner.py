@@ -388,12 +388,12 @@ class Learner:
         """Put this rank's part of every parameter in the object store, in buckets of about
         ``bucket_bytes`` of full parameters (every rank cuts the same buckets); returns the
         ObjectRefs. Under ZeRO-3 each rank puts its own partition, and the engines concatenate
-        the ranks' parts (:func:`rl_vlm.weight_sync.assemble_parts`): no all-gather, which took
+        the ranks' parts (:func:`rl_vlm.distributed.sync.plan.assemble_parts`): no all-gather, which took
         ~60 % of a 60 M-parameter sync through gloo (docs/benchmarks.md). Below stage 3 every
         rank holds the whole model, so rank 0 puts it and the others return []."""
         import ray
 
-        from rl_vlm.weight_sync import weight_part
+        from rl_vlm.distributed.sync.plan import weight_part
 
         if self.cfg.zero_stage != 3 and self.rank != 0:
             return []
@@ -402,10 +402,10 @@ class Learner:
                 for bucket in self.weight_plan(bucket_bytes)]
 
     def weight_plan(self, bucket_bytes: int) -> list[list[Any]]:
-        """The bucket plan (:func:`rl_vlm.weight_sync.plan_buckets`) of the full parameters: the
+        """The bucket plan (:func:`rl_vlm.distributed.sync.plan.plan_buckets`) of the full parameters: the
         buckets of either transport (what the engines pre-allocate for a collective sync). Needs
         no gather (ZeRO-3 keeps full shapes)."""
-        from rl_vlm.weight_sync import TensorSpec, plan_buckets
+        from rl_vlm.distributed.sync.plan import TensorSpec, plan_buckets
 
         specs = [TensorSpec(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
                  for n, p in self.engine.module.named_parameters()]
@@ -415,7 +415,7 @@ class Learner:
                           bucket_bytes: int) -> None:
         """Rank 0 joins the weight-sync group as its rank 0 (hosting the store); other ranks only
         keep the plan, since they take part in the gathers."""
-        from rl_vlm.weight_sync import WeightGroup
+        from rl_vlm.distributed.sync.group import WeightGroup
 
         self._sync_plan = self.weight_plan(bucket_bytes)
         self._sync_group = WeightGroup(host, port, 0, world_size, backend) if self.rank == 0 else None
@@ -440,7 +440,7 @@ class Learner:
         the optimizer and the LR scheduler under ``learner/``; beside them go this rank's EMA
         partitions (GRPO-CARE), its RNG states and its optimizer-step counter. Rank 0 also
         writes the HF config and processor that ``rl-vlm export`` needs."""
-        from rl_vlm.checkpoint import rng_state
+        from rl_vlm.checkpoint.store import rng_state
 
         self.engine.save_checkpoint(path, tag="learner", save_latest=False,
                                     client_state={"optimizer_steps": self.optimizer_steps})
@@ -454,7 +454,7 @@ class Learner:
 
     def load_checkpoint(self, path: str) -> int:
         """Restore what :meth:`save_checkpoint` wrote (collective); returns the optimizer step."""
-        from rl_vlm.checkpoint import set_rng_state
+        from rl_vlm.checkpoint.store import set_rng_state
 
         load_path, _ = self.engine.load_checkpoint(path, tag="learner", load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)

@@ -3,7 +3,7 @@ rollout engine (its whole tensor-parallel group) and every learner rank gets.
 
 Pure integer arithmetic, no Ray import, so every layout and every refusal is unit-tested on a
 CPU box (``tests/test_placement.py``). Ray's side (one ``STRICT_PACK`` placement group per node,
-built from :attr:`GpuPlacement.node_bundles`) lives in :mod:`rl_vlm.cluster`.
+built from :attr:`GpuPlacement.node_bundles`) lives in :mod:`rl_vlm.distributed.pools`.
 
 Two modes:
 

@@ -1,117 +1,22 @@
-"""Ray side of the system: placement groups for the two pools and the actor groups the driver
-drives (a generic fan-out: each group method calls every actor and gathers in rank order)."""
+"""The two actor pools the driver drives: the rollout pool (vLLM engines, dead ones restarted in
+place) and the learner pool (one DeepSpeed ZeRO-3 group)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch
 from rl_vlm.config import (
-    ClusterConfig,
     Config,
-    ConfigError,
-    LearnerConfig,
-    RolloutConfig,
 )
-from rl_vlm.placement import GpuPlacement, plan_gpus
-
-# Env for every actor process: one thread per process on a small CPU box; vLLM in-process.
-ACTOR_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "RAY_DEDUP_LOGS": "1",
-}
+from rl_vlm.distributed.runtime import PoolLayout, _placement_group, _strategy
+from rl_vlm.distributed.sync.collective import CollectiveSync
+from rl_vlm.distributed.sync.object_store import fetch_buckets
 
 
-LOCAL_START_ATTEMPTS = 3
-"""Tries to start the private local Ray instance before giving up."""
-
-
-@dataclass(frozen=True)
-class PoolLayout:
-    """Resources of one bundle per rollout engine and one per learner rank."""
-
-    rollout_bundles: list[dict[str, float]]
-    learner_bundles: list[dict[str, float]]
-    backend: str
-    """Collective backend of the learner group: ``gloo`` on CPU, ``nccl`` on GPU."""
-    placement: GpuPlacement | None = None
-    """GPU only: the node / bundle / GPU of every engine's TP group and every learner rank
-    (:func:`rl_vlm.placement.plan_gpus`); None on CPU."""
-
-
-def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: LearnerConfig, device: str) -> PoolLayout:
-    """Bundle lists for the two placement groups; raises ConfigError for layouts that can't fit.
-
-    On GPU, :func:`rl_vlm.placement.plan_gpus` checks the layout node by node (an engine's TP
-    group never straddles nodes) and the bundles are its per-actor bundles in engine / rank order:
-    ``{"GPU": tp}`` per engine, ``{"GPU": 1}`` per rank."""
-    if device == "gpu":
-        plan = plan_gpus(num_nodes=cluster.num_nodes, gpus_per_node=cluster.gpus_per_node,
-                         num_engines=rollout.num_engines, tensor_parallel_size=rollout.tensor_parallel_size,
-                         num_ranks=learner.num_ranks, colocate=cluster.colocate,
-                         rollout_cpus_per_engine=cluster.rollout_cpus_per_engine,
-                         learner_cpus_per_rank=cluster.learner_cpus_per_rank)
-        if plan.colocate:
-            raise ConfigError("cluster.colocate: the actor groups do not place colocated pools yet")
-        rb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.rollout_resources} for s in plan.engines]
-        lb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.learner_resources} for s in plan.ranks]
-        return PoolLayout(rb, lb, "nccl", plan)
-    rb = [{"CPU": float(cluster.rollout_cpus_per_engine), **cluster.rollout_resources} for _ in range(rollout.num_engines)]
-    lb = [{"CPU": float(cluster.learner_cpus_per_rank), **cluster.learner_resources} for _ in range(learner.num_ranks)]
-    return PoolLayout(rb, lb, "gloo")
-
-
-def start_ray(cfg: Config, layout: PoolLayout) -> None:
-    """Start a private local Ray instance (``cluster.address=local``) or join an existing one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = dict(ACTOR_ENV)
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(cfg.rollout.kv_cache_gib))))
-    runtime_env = {"env_vars": env}
-    if cfg.cluster.address == "local":
-        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
-        for attempt in range(LOCAL_START_ATTEMPTS):
-            try:
-                ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
-                         log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level="WARNING")
-                break
-            except Exception as e:  # Ray raises a bare Exception when its raylet registers too slowly
-                # Ray waits a fixed 30 s for its raylet; an overloaded machine can miss that.
-                if "timed out during startup" not in str(e) or attempt == LOCAL_START_ATTEMPTS - 1:
-                    raise
-                ray.shutdown()
-    else:
-        ray.init(address=cfg.cluster.address, runtime_env=runtime_env, log_to_driver=cfg.cluster.log_to_driver)
-
-
-def _placement_group(bundles: list[dict[str, float]], name: str) -> Any:
-    import ray
-    from ray.util.placement_group import placement_group
-
-    pg = placement_group(bundles, strategy="PACK", name=name)
-    ready, _ = ray.wait([pg.ready()], timeout=120)
-    if not ready:
-        raise RuntimeError(f"placement group {name!r} with bundles {bundles} could not be scheduled "
-                           f"within 120 s; cluster resources: {ray.cluster_resources()}")
-    return pg
-
-
-def _strategy(pg: Any, index: int) -> Any:
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
-
-
-# ------------------------------------------------------------------------------------ rollout
 class WorkerFailure(RuntimeError):
     """A learner rank died: the driver restarts the system from the newest checkpoint."""
 
@@ -119,27 +24,34 @@ class WorkerFailure(RuntimeError):
 class RolloutGroup:
     """``rollout.num_engines`` vLLM engines; a step's prompts are split across them evenly.
 
+
     An engine whose actor dies (process killed, node lost) is restarted in its bundle, loaded
     with the current weights (the last synced buckets stay in the object store for this) and
     its share of the work is retried, up to ``MAX_RETRIES`` times per call.
     """
 
+
     MAX_RETRIES = 3
+
 
     def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
         import ray
 
-        from rl_vlm.workers.rollout import RolloutEngine
+        from rl_vlm.distributed.workers.rollout import RolloutEngine
+
 
         class RolloutActor(RolloutEngine):
             def load_buckets(self, refs: list[list[Any]], version: int) -> int:
                 return self.update_weights(fetch_buckets(refs), version)
 
+
             def pid(self) -> int:
                 return os.getpid()
 
+
             def node_id(self) -> str:
                 return ray.get_runtime_context().get_node_id()
+
 
         self.cfg, self._full_cfg, self._device = cfg.rollout, cfg, device
         self.pg = _placement_group(layout.rollout_bundles, "rl_vlm_rollout")
@@ -152,18 +64,21 @@ class RolloutGroup:
         self.collective = False
         """Weights arrive through the weight-sync group (:func:`connect_weight_sync`)."""
 
+
     def _start(self, i: int) -> Any:
         b = self._bundles[i]
         return self._actor_cls.options(num_cpus=b.get("CPU", 1), num_gpus=b.get("GPU", 0),
                                        scheduling_strategy=_strategy(self.pg, i)).remote(
             self._full_cfg.model.path, self.cfg, self._full_cfg.trainer.seed + 1000 * i, self._device)
 
+
     def _restart(self, i: int) -> None:
         import logging
 
         import ray
 
-        logging.getLogger("rl_vlm.cluster").warning(
+
+        logging.getLogger("rl_vlm.distributed").warning(
             "rollout engine %d died; restarting it and loading weight version %d", i, self.weight_version)
         ray.kill(self.actors[i], no_restart=True)
         if self.collective:  # the group lost a member; a new group needs every member again
@@ -173,10 +88,12 @@ class RolloutGroup:
         if self._refs:
             ray.get(self.actors[i].load_buckets.remote(self._refs, self.weight_version))
 
+
     def _call(self, method: str, args_per_actor: dict[int, tuple]) -> dict[int, Any]:
         """``actor.method(*args)`` on the given actors, restarting dead ones and retrying."""
         import ray
         from ray.exceptions import RayActorError
+
 
         pending = dict(args_per_actor)
         results: dict[int, Any] = {}
@@ -195,6 +112,7 @@ class RolloutGroup:
             pending = {i: pending[i] for i in failed}
         raise WorkerFailure(f"rollout engines {sorted(pending)} kept dying after {self.MAX_RETRIES} restarts")
 
+
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float,
                  seed: int) -> RolloutBatch:
         k = len(self.actors)
@@ -209,6 +127,7 @@ class RolloutGroup:
             rollout_logprobs=[s.logprobs for s in samples], response_texts=[s.text for s in samples],
             truncated=[s.truncated for s in samples], weight_version=self.weight_version)
 
+
     def load_weights(self, refs: list[list[Any]] | CollectiveSync, version: int) -> list[int]:
         """Every engine loads the buckets; returns the version each engine reports."""
         if isinstance(refs, CollectiveSync):  # learner rank 0 is broadcasting: receive alongside
@@ -220,57 +139,12 @@ class RolloutGroup:
         versions = self._call("load_buckets", {i: (refs, version) for i in range(len(self.actors))})
         return [versions[i] for i in sorted(versions)]
 
+
     def call(self, method: str, *args: Any) -> list[Any]:
         out = self._call(method, {i: args for i in range(len(self.actors))})
         return [out[i] for i in sorted(out)]
 
 
-def fetch_buckets(refs: list[list[Any]]) -> list[list[tuple[str, torch.Tensor]]]:
-    """Inside an engine: every bucket of :meth:`LearnerGroup.publish_weights` as full tensors,
-    read in place from the object store (the ranks' parts concatenated, one copy)."""
-    import ray
-
-    from rl_vlm.weight_sync import assemble_parts
-
-    parts = iter(ray.get([r for bucket in refs for r in bucket]))
-    return [assemble_parts([next(parts) for _ in bucket]) for bucket in refs]
-
-
-@dataclass(frozen=True)
-class CollectiveSync:
-    """A collective weight sync in flight: the learner ranks' ``broadcast_weights`` futures."""
-
-    futures: list[Any]
-
-
-def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: str) -> str:
-    """Build the weight-sync group if ``cluster.weight_sync`` resolves to ``collective``: learner
-    rank 0 is group rank 0 (it hosts the rendezvous store), engine i's vLLM worker j is rank
-    ``1 + i * tensor_parallel_size + j``. Returns the resolved mode."""
-    import ray
-
-    from rl_vlm.weight_sync import resolve_weight_sync, sync_backend
-
-    cfg = learners.cfg
-    mode = resolve_weight_sync(cfg.cluster.weight_sync, device)
-    if mode != "collective":
-        return mode
-    tp, backend = cfg.rollout.tensor_parallel_size if device == "gpu" else 1, sync_backend(device)
-    world = 1 + len(rollout.actors) * tp
-    bucket_bytes = cfg.cluster.weight_sync_bucket_mb << 20
-    host, port = ray.get(learners.actors[0].free_address.remote())
-    plan = ray.get(learners.actors[0].weight_plan.remote(bucket_bytes))
-    # Every member blocks in the rendezvous until all have joined: start them all, then wait.
-    joins = [a.join_weight_group.remote(host, port, world, backend, bucket_bytes) for a in learners.actors]
-    engines = [a.join_weight_group.remote(host, port, 1 + i * tp, world, backend, plan)
-               for i, a in enumerate(rollout.actors)]
-    learners._get(joins)
-    ray.get(engines)
-    rollout.collective = learners.collective = True
-    return mode
-
-
-# ------------------------------------------------------------------------------------ learner
 def _intern(imgs: list[Any], images: list[list[Any]], distinct: dict[int, int]) -> int:
     """Index of the image list ``imgs`` in ``images``, appending it the first time it is seen."""
     if id(imgs) not in distinct:
@@ -282,10 +156,12 @@ def _intern(imgs: list[Any], images: list[list[Any]], distinct: dict[int, int]) 
 class LearnerGroup:
     """``learner.num_ranks`` DeepSpeed ZeRO-3 ranks forming one process group."""
 
+
     def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
         import ray
 
-        from rl_vlm.workers.learner import Learner
+        from rl_vlm.distributed.workers.learner import Learner
+
 
         self.cfg = cfg
         n = cfg.learner.num_ranks
@@ -304,6 +180,7 @@ class LearnerGroup:
         self.num_params = counts[0]
         self.collective = False
 
+
     @staticmethod
     def _get(futures: list[Any]) -> list[Any]:
         """ray.get, turning a dead rank into :class:`WorkerFailure` (the group cannot continue
@@ -311,20 +188,25 @@ class LearnerGroup:
         import ray
         from ray.exceptions import RayActorError
 
+
         try:
             return ray.get(futures)
         except RayActorError as e:
             raise WorkerFailure(f"a learner rank died: {e}") from e
 
+
     def save_checkpoint(self, path: str) -> None:
         """Every rank writes its shards into checkpoint directory ``path`` (returns when all did)."""
         self._get([a.save_checkpoint.remote(path) for a in self.actors])
 
+
     def load_checkpoint(self, path: str) -> None:
         self._get([a.load_checkpoint.remote(path) for a in self.actors])
 
+
     def pids(self) -> list[int]:
         return self._get([a.pid.remote() for a in self.actors])
+
 
     def set_batch(self, batch: LearnerBatch, mini_batch_size: int, group_size: int, max_response_len: int,
                   temperature: float, step: int, total_steps: int) -> None:
@@ -333,7 +215,9 @@ class LearnerGroup:
         :attr:`assignment` (per rank, the global sequence indices it got) and the statistic units
         :attr:`micro_batches` / :attr:`device_mini_batches` (global indices)."""
 
-        from rl_vlm.workers.learner import RankShard
+
+        from rl_vlm.distributed.workers.learner import RankShard
+
 
         W, m = self.world_size, self.cfg.learner.micro_batch_size
         seqs_per_mb = mini_batch_size * group_size
@@ -369,6 +253,7 @@ class LearnerGroup:
         self._get(futures)
         self.assignment = assignment
 
+
     def _gather(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
         N = sum(len(a) for a in self.assignment)
         out: list[torch.Tensor] = [torch.empty(0)] * N
@@ -377,20 +262,26 @@ class LearnerGroup:
                 out[i] = v
         return out
 
+
     def compute_logprobs(self, which: str = "policy") -> list[torch.Tensor]:
         """[N] per-sequence response log-probs (``policy``, ``reference`` or ``ema``), global order."""
 
+
         return self._gather(self._get([a.compute_logprobs.remote(which) for a in self.actors]))
+
 
     def compute_views(self) -> dict[str, list[torch.Tensor]]:
         """``view/<name>/<key>`` -> [N] per-sequence values of every algorithm view, global order."""
+
 
         parts = self._get([a.compute_views.remote() for a in self.actors])
         return {f"view/{name}/{key}": self._gather([p[name][key] for p in parts])
                 for name, res in parts[0].items() for key in res}
 
+
     def update(self, advantages: list[torch.Tensor], old: list[torch.Tensor],
                ref: list[torch.Tensor] | None) -> dict[str, float]:
+
 
         futures = []
         for r, a in enumerate(self.actors):
@@ -402,6 +293,7 @@ class LearnerGroup:
             for k, v in part.items():
                 metrics[k] = metrics.get(k, 0.0) + v
         return metrics
+
 
     def sft_update(self, weights: list[float], response_lengths: list[int]) -> dict[str, float]:
         """Supervised update on the batch of the last :meth:`set_batch`: ``weights`` [N] (1 =
@@ -417,6 +309,7 @@ class LearnerGroup:
                 metrics[k] = metrics.get(k, 0.0) + v
         return metrics
 
+
     def publish_weights(self) -> list[list[Any]] | CollectiveSync:
         """Object store: ``refs[b][r]`` = learner rank r's part of bucket b (one part per bucket
         below ZeRO-3), for the engines' :func:`fetch_buckets`. Collective: the ranks' pending
@@ -427,10 +320,13 @@ class LearnerGroup:
         per_rank = [refs for refs in self._get([a.publish_weights.remote(bucket_bytes) for a in self.actors]) if refs]
         return [list(parts) for parts in zip(*per_rank, strict=True)]
 
+
     def node_ids(self) -> list[str]:
         return self._get([a.node_id.remote() for a in self.actors])
 
+
     def save_hf(self, out_dir: str) -> None:
+
 
         os.makedirs(out_dir, exist_ok=True)
         self._get([a.save_hf.remote(out_dir) for a in self.actors])

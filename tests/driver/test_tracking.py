@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from rl_vlm.config import TrainerConfig
-from rl_vlm.tracking import Tracker, read_metrics
+from rl_vlm.driver.tracking import Tracker, read_metrics
 
 
 def test_resume_truncates_metrics_and_reuses_the_wandb_run(tmp_path: Path) -> None:

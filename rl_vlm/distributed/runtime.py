@@ -1,0 +1,112 @@
+"""Ray start-up and the placement groups of the two pools: which bundles each pool gets and
+how an actor is pinned to one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rl_vlm.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    LearnerConfig,
+    RolloutConfig,
+)
+from rl_vlm.distributed.placement import GpuPlacement, plan_gpus
+
+# Env for every actor process: one thread per process on a small CPU box; vLLM in-process.
+ACTOR_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+LOCAL_START_ATTEMPTS = 3
+"""Tries to start the private local Ray instance before giving up."""
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """Resources of one bundle per rollout engine and one per learner rank."""
+
+
+    rollout_bundles: list[dict[str, float]]
+    learner_bundles: list[dict[str, float]]
+    backend: str
+    """Collective backend of the learner group: ``gloo`` on CPU, ``nccl`` on GPU."""
+    placement: GpuPlacement | None = None
+    """GPU only: the node / bundle / GPU of every engine's TP group and every learner rank
+    (:func:`rl_vlm.distributed.placement.plan_gpus`); None on CPU."""
+
+
+def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: LearnerConfig, device: str) -> PoolLayout:
+    """Bundle lists for the two placement groups; raises ConfigError for layouts that can't fit.
+
+
+    On GPU, :func:`rl_vlm.distributed.placement.plan_gpus` checks the layout node by node (an engine's TP
+    group never straddles nodes) and the bundles are its per-actor bundles in engine / rank order:
+    ``{"GPU": tp}`` per engine, ``{"GPU": 1}`` per rank."""
+    if device == "gpu":
+        plan = plan_gpus(num_nodes=cluster.num_nodes, gpus_per_node=cluster.gpus_per_node,
+                         num_engines=rollout.num_engines, tensor_parallel_size=rollout.tensor_parallel_size,
+                         num_ranks=learner.num_ranks, colocate=cluster.colocate,
+                         rollout_cpus_per_engine=cluster.rollout_cpus_per_engine,
+                         learner_cpus_per_rank=cluster.learner_cpus_per_rank)
+        if plan.colocate:
+            raise ConfigError("cluster.colocate: the actor groups do not place colocated pools yet")
+        rb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.rollout_resources} for s in plan.engines]
+        lb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.learner_resources} for s in plan.ranks]
+        return PoolLayout(rb, lb, "nccl", plan)
+    rb = [{"CPU": float(cluster.rollout_cpus_per_engine), **cluster.rollout_resources} for _ in range(rollout.num_engines)]
+    lb = [{"CPU": float(cluster.learner_cpus_per_rank), **cluster.learner_resources} for _ in range(learner.num_ranks)]
+    return PoolLayout(rb, lb, "gloo")
+
+
+def start_ray(cfg: Config, layout: PoolLayout) -> None:
+    """Start a private local Ray instance (``cluster.address=local``) or join an existing one."""
+    import ray
+
+
+    if ray.is_initialized():
+        return
+    env = dict(ACTOR_ENV)
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(cfg.rollout.kv_cache_gib))))
+    runtime_env = {"env_vars": env}
+    if cfg.cluster.address == "local":
+        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+        for attempt in range(LOCAL_START_ATTEMPTS):
+            try:
+                ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
+                         log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level="WARNING")
+                break
+            except Exception as e:  # Ray raises a bare Exception when its raylet registers too slowly
+                # Ray waits a fixed 30 s for its raylet; an overloaded machine can miss that.
+                if "timed out during startup" not in str(e) or attempt == LOCAL_START_ATTEMPTS - 1:
+                    raise
+                ray.shutdown()
+    else:
+        ray.init(address=cfg.cluster.address, runtime_env=runtime_env, log_to_driver=cfg.cluster.log_to_driver)
+
+
+def _placement_group(bundles: list[dict[str, float]], name: str) -> Any:
+    import ray
+    from ray.util.placement_group import placement_group
+
+
+    pg = placement_group(bundles, strategy="PACK", name=name)
+    ready, _ = ray.wait([pg.ready()], timeout=120)
+    if not ready:
+        raise RuntimeError(f"placement group {name!r} with bundles {bundles} could not be scheduled "
+                           f"within 120 s; cluster resources: {ray.cluster_resources()}")
+    return pg
+
+
+def _strategy(pg: Any, index: int) -> Any:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)

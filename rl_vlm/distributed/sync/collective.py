@@ -1,0 +1,48 @@
+"""Weight sync through a collective group (NCCL on GPU, gloo on CPU): learner rank 0 broadcasts
+one bucket at a time to every vLLM worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
+
+
+
+
+@dataclass(frozen=True)
+class CollectiveSync:
+    """A collective weight sync in flight: the learner ranks' ``broadcast_weights`` futures."""
+
+
+    futures: list[Any]
+
+
+def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: str) -> str:
+    """Build the weight-sync group if ``cluster.weight_sync`` resolves to ``collective``: learner
+    rank 0 is group rank 0 (it hosts the rendezvous store), engine i's vLLM worker j is rank
+    ``1 + i * tensor_parallel_size + j``. Returns the resolved mode."""
+    import ray
+
+    from rl_vlm.distributed.sync.plan import resolve_weight_sync, sync_backend
+
+
+    cfg = learners.cfg
+    mode = resolve_weight_sync(cfg.cluster.weight_sync, device)
+    if mode != "collective":
+        return mode
+    tp, backend = cfg.rollout.tensor_parallel_size if device == "gpu" else 1, sync_backend(device)
+    world = 1 + len(rollout.actors) * tp
+    bucket_bytes = cfg.cluster.weight_sync_bucket_mb << 20
+    host, port = ray.get(learners.actors[0].free_address.remote())
+    plan = ray.get(learners.actors[0].weight_plan.remote(bucket_bytes))
+    # Every member blocks in the rendezvous until all have joined: start them all, then wait.
+    joins = [a.join_weight_group.remote(host, port, world, backend, bucket_bytes) for a in learners.actors]
+    engines = [a.join_weight_group.remote(host, port, 1 + i * tp, world, backend, plan)
+               for i, a in enumerate(rollout.actors)]
+    learners._get(joins)
+    ray.get(engines)
+    rollout.collective = learners.collective = True
+    return mode

@@ -1,1 +1,0 @@
-"""Worker processes: rollout engines (vLLM) and learner ranks (DeepSpeed). Leaves of the import tree."""
