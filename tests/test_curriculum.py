@@ -1,4 +1,4 @@
-"""Curriculum stages, the mixture sampler, difficulty-aware and dynamic sampling, the SFT loss.
+"""Curriculum stages, dynamic sampling, the SFT loss (the samplers themselves: tests/data/test_sampling.py).
 
 Fake datasets and a fake rollout stand in for files and engines: everything here is pure Python
 and torch and runs in well under a second.
@@ -27,21 +27,14 @@ from rl_vlm.config import (
     RewardFunctionConfig,
     StageConfig,
 )
-from rl_vlm.curriculum import (
-    Curriculum,
-    DifficultyTracker,
-    MixtureSampler,
-    frontier_weight,
-    group_keep,
-    sample_groups,
-    sft_batch,
-)
+from rl_vlm.curriculum import Curriculum, group_keep, sample_groups, sft_batch
+from rl_vlm.data.sampling import MixtureSampler, PromptSampler
 from rl_vlm.rewards.manager import RewardResult
 from rl_vlm.validation import validate
 
 
 class FakeDataset:
-    """What PromptSampler needs of a RowDataset: len, get, num_bad, files."""
+    """A RowSource (what PromptSampler needs of a RowDataset) without bad rows."""
 
     def __init__(self, name: str, n: int, task: str = "") -> None:
         self.name, self.n, self.files, self.num_bad = name, n, [f"{name}.jsonl"], 0
@@ -54,50 +47,12 @@ class FakeDataset:
         return Prompt(uid=f"{self.name}:{i}", prompt_text="", images=[],
                       row={"problem": "q", "answer": "yes", "task": self.task})
 
+    def bad_row(self, i: int) -> None:
+        return None
+
 
 def _uids(batch: list[Prompt]) -> list[str]:
     return [p.uid for p in batch]
-
-
-# ---------------------------------------------------------------- mixture sampler
-def test_mixture_proportions_follow_the_weights() -> None:
-    s = MixtureSampler([FakeDataset("a", 50), FakeDataset("b", 70)], [1.0, 3.0], batch_size=8, seed=3)
-    uids = [u for _ in range(500) for u in _uids(s.next_batch())]
-    frac_a = sum(u.startswith("a:") for u in uids) / len(uids)
-    assert frac_a == pytest.approx(0.25, abs=0.02)
-    # Each source is walked in its own seeded order: a full epoch of "a" before any repeat.
-    first_a = [u for u in uids if u.startswith("a:")][:50]
-    assert len(set(first_a)) == 50
-
-
-def test_mixture_is_deterministic_and_seeded() -> None:
-    def batches(seed: int) -> list[list[str]]:
-        s = MixtureSampler([FakeDataset("a", 20), FakeDataset("b", 20)], [0.5, 0.5], batch_size=4, seed=seed)
-        return [_uids(s.next_batch()) for _ in range(5)]
-
-    assert batches(1) == batches(1)
-    assert batches(1) != batches(2)
-
-
-def test_mixture_zero_weight_source_is_never_drawn() -> None:
-    s = MixtureSampler([FakeDataset("a", 5), FakeDataset("b", 5)], [0.0, 1.0], batch_size=4, seed=0)
-    assert all(u.startswith("b:") for _ in range(20) for u in _uids(s.next_batch()))
-
-
-def test_mixture_state_round_trip() -> None:
-    def make() -> MixtureSampler:
-        return MixtureSampler([FakeDataset("a", 7), FakeDataset("b", 11)], [0.3, 0.7], batch_size=3, seed=5)
-
-    s = make()
-    for _ in range(6):
-        s.next_batch()
-    state = s.state_dict()
-    expected = [_uids(s.next_batch()) for _ in range(4)]
-    t = make()
-    t.load_state_dict(state)
-    assert [_uids(t.next_batch()) for _ in range(4)] == expected
-    with pytest.raises(ValueError, match="sources"):
-        MixtureSampler([FakeDataset("a", 7)], [1.0], 3, 5).load_state_dict(state)
 
 
 # ---------------------------------------------------------------- stages
@@ -182,23 +137,10 @@ def test_curriculum_state_round_trip_continues_in_the_same_stage() -> None:
 
 
 def test_no_curriculum_is_the_plain_sampler() -> None:
-    from rl_vlm.data.dataset import PromptSampler
-
     cfg = _config((), total=3)
     cur = Curriculum(cfg, dataset_factory=_factory({"all": 10}))
     assert type(cur.sampler) is PromptSampler and cur.sampler.seed == cfg.trainer.seed
     assert cur.enter(SimpleNamespace(), 1) is None and cur.metrics([]) == {}
-
-
-def test_task_sources_select_rows_of_train_files(tmp_path: Any) -> None:
-    from rl_vlm.curriculum import TaskSubset
-
-    rows = SimpleNamespace(_rows=[SimpleNamespace(fields={"task": t}) for t in ["a", "b", "a", "c"]],
-                           _bad={2}, files=["x.jsonl"], get=lambda i: i)
-    sub = TaskSubset(rows, "a")
-    assert len(sub) == 2 and sub.get(1) == 2 and sub.num_bad == 1
-    with pytest.raises(ValueError, match="task='z'"):
-        TaskSubset(rows, "z")
 
 
 # ---------------------------------------------------------------- validation
@@ -243,46 +185,6 @@ def test_curriculum_yamls_compose() -> None:
     cfg = compose(["curriculum=easy_vqa"])
     assert [s.steps for s in cfg.curriculum.stages] == [10, 10, 10]
     assert cfg.curriculum.stages[1].sources[1].files == ("artifacts/easy_vqa/train_shape.jsonl",)
-
-
-# ---------------------------------------------------------------- difficulty
-def test_frontier_weight_values() -> None:
-    assert frontier_weight(0.5, 0.1) == pytest.approx(1.0)
-    assert frontier_weight(0.0, 0.1) == pytest.approx(0.1)
-    assert frontier_weight(1.0, 0.1) == pytest.approx(0.1)
-    assert frontier_weight(0.25, 0.1) == pytest.approx(0.1 + 0.9 * 0.75)
-    assert frontier_weight(0.9, 0.0) == pytest.approx(4 * 0.9 * 0.1)
-
-
-def test_difficulty_ema_and_metrics() -> None:
-    d = DifficultyTracker(DifficultyConfig(mode="uid", ema=0.5, floor=0.1))
-    ps = [FakeDataset("a", 3).get(i) for i in range(3)]
-    d.observe(ps[:2], [1.0, 0.25])    # first observation sets p
-    d.observe(ps[:1], [0.0])          # 0.5 * 1.0 + 0.5 * 0.0
-    assert d.pass_rate == {"a:0": 0.5, "a:1": 0.25}
-    assert d.accept_prob(ps[0]) == pytest.approx(1.0)
-    assert d.accept_prob(ps[1]) == pytest.approx(0.775)
-    assert d.accept_prob(ps[2]) == 1.0  # unseen
-    m = d.metrics(ps)
-    assert m["data/difficulty_mean"] == pytest.approx(1 - (0.5 + 0.25) / 2)
-    assert m["data/frontier_frac"] == pytest.approx(1.0)  # 0.25 and 0.5 both in [0.2, 0.8]
-    task = DifficultyTracker(DifficultyConfig(mode="task"))
-    task.observe(ps, [1.0, 0.0, 0.5])
-    assert set(task.pass_rate) == {"a"}
-    # Estimates of another mode are not reused.
-    task.load_state_dict(d.state_dict())
-    assert task.pass_rate == {}
-
-
-def test_difficulty_steers_sampling_to_the_frontier() -> None:
-    d = DifficultyTracker(DifficultyConfig(mode="task", floor=0.1))
-    easy, frontier = FakeDataset("easy", 40), FakeDataset("frontier", 40)
-    d.observe([easy.get(0), frontier.get(0)], [1.0, 0.5])
-    s = MixtureSampler([easy, frontier], [1.0, 1.0], batch_size=10, seed=0, difficulty=d)
-    uids = [u for _ in range(300) for u in _uids(s.next_batch())]
-    # Kept with probability 0.1 vs 1: shares 0.1 / 1.1 and 1 / 1.1.
-    assert sum(u.startswith("easy") for u in uids) / len(uids) == pytest.approx(0.1 / 1.1, abs=0.02)
-    assert s.num_rejected > 0
 
 
 # ---------------------------------------------------------------- dynamic sampling

@@ -1,1 +1,1 @@
-"""Datasets of ``{images, problem, answer}`` rows, image resizing and prompt templates."""
+"""Datasets of ``{images, problem, answer}`` rows, their samplers, image resizing and prompt templates."""

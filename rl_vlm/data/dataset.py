@@ -8,7 +8,9 @@ Bad rows never kill a run. Structural problems (unparsable line, missing or empt
 answer, malformed image spec) are found when the files are read; problems that need the pixels
 (missing or undecodable image, prompt too long) are found when the row is first fetched, so a
 40k-row dataset does not decode every image up front. Either way the row is logged (logger
-``rl_vlm.data``) with its file and row number, recorded in ``RowDataset.skipped`` and skipped.
+``rl_vlm.data``) with its file and row number, recorded in ``RowDataset.skipped`` and skipped;
+rows found bad on fetch are also in ``RowDataset.bad_rows``. The samplers that walk a dataset are
+in :mod:`rl_vlm.data.sampling`.
 Row numbers are 1-based line numbers for JSONL (what an editor shows) and 0-based row indices
 for Parquet (what ``pyarrow``/``pandas`` show); every message says which.
 """
@@ -19,9 +21,9 @@ import json
 import logging
 import math
 import os
-import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from types import MappingProxyType
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from rl_vlm.batch import Prompt
 from rl_vlm.data.images import load_image, num_visual_tokens, resize_image, validate_image_spec
@@ -201,7 +203,8 @@ class RowDataset:
         self.skipped: list[SkippedRow] = []
         """Every row left out so far: structural problems at construction, then rows found bad on access."""
         self._rows: list[_Row] = []
-        self._bad: set[int] = set()
+        self._bad: dict[int, SkippedRow] = {}
+        """Rows found bad on fetch, by index; a dict keeps the order they were found in."""
         for path in self.files:
             numbering: Literal["line", "index"] = "line" if path.lower().endswith(".jsonl") else "index"
             reader = _read_jsonl if numbering == "line" else _read_parquet
@@ -231,14 +234,30 @@ class RowDataset:
         """Rows that passed the structural check but turned out bad when fetched."""
         return len(self._bad)
 
+    @property
+    def bad_rows(self) -> list[SkippedRow]:
+        """The rows counted by :attr:`num_bad`, each once, in the order found (:attr:`skipped`
+        also has the rows dropped when the files were read)."""
+        return list(self._bad.values())
+
+    def bad_row(self, i: int) -> SkippedRow | None:
+        """Why row ``i`` turned out bad when fetched; None if it has not (or not yet: a row is
+        checked on its first fetch)."""
+        return self._bad.get(i)
+
+    def fields(self, i: int) -> Mapping[str, Any]:
+        """Row ``i``'s fields (all but the images, ``answer`` as a string), read-only; decodes
+        nothing, so selecting rows by a field (:class:`~rl_vlm.data.sampling.TaskSubset`) is cheap."""
+        return MappingProxyType(self._rows[i].fields)
+
     def _skip(self, skipped: SkippedRow) -> None:
         self.skipped.append(skipped)
         log.warning("skipping data row: %s", skipped)
 
     def _reject(self, i: int, reason: str) -> None:
         r = self._rows[i]
-        self._bad.add(i)
-        self._skip(SkippedRow(r.file, r.row, reason, r.numbering))
+        self._bad[i] = SkippedRow(r.file, r.row, reason, r.numbering)
+        self._skip(self._bad[i])
 
     def get(self, i: int) -> Prompt | None:
         """The prompt of row ``i`` (file order), or None if the row turned out bad.
@@ -279,86 +298,11 @@ class RowDataset:
         return Prompt(uid=uid, prompt_text=text, images=images, row=dict(r.fields))
 
 
-class PromptSampler:
-    """Batches of prompts in a seeded per-epoch order over a :class:`RowDataset`; resumable.
+def __getattr__(name: str) -> Any:
+    # PromptSampler lived here before rl_vlm.data.sampling; old imports (rl_vlm/driver/system.py
+    # for now) keep working. Lazy, because rl_vlm.data.sampling imports this module.
+    if name == "PromptSampler":
+        from rl_vlm.data.sampling import PromptSampler
 
-    Epoch ``e`` visits every row once in the permutation seeded by ``seed + e`` (file order when
-    ``shuffle`` is False). Bad rows are skipped and replaced by the next rows, so every batch is
-    full; a batch may span two epochs (and so repeat a row when the dataset is smaller than a batch).
-    """
-
-    def __init__(self, dataset: RowDataset, batch_size: int, seed: int, shuffle: bool = True) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
-        self.epoch = 0
-        """Current epoch (0-based); it advances when the first row of the next epoch is drawn."""
-        self.position = 0
-        """Rows drawn so far in the current epoch (an index into its permutation)."""
-        self.consumed = 0
-        """Rows drawn in total, bad ones included."""
-        self.num_skipped = 0
-        """Draws that hit a bad row and were replaced (a bad row counts every time it is drawn)."""
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(len(self.dataset)))
-        if self.shuffle:
-            # random.Random with an int seed is stable across platforms and Python versions.
-            random.Random(self.seed + epoch).shuffle(order)
-        return order
-
-    def next_batch(self) -> list[Prompt]:
-        """The next ``batch_size`` valid prompts.
-
-        Raises RuntimeError when every row of the dataset has turned out bad.
-        """
-        batch: list[Prompt] = []
-        while len(batch) < self.batch_size:
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-            i = self._order[self.position]
-            self.position += 1
-            self.consumed += 1
-            prompt = self.dataset.get(i)
-            if prompt is None:
-                self.num_skipped += 1
-                if self.dataset.num_bad == len(self.dataset):
-                    raise RuntimeError(f"every row of {self.dataset.files} is bad; see the 'skipping data row' "
-                                       f"warnings of logger rl_vlm.data")
-                continue
-            batch.append(prompt)
-        return batch
-
-    def first(self, n: int) -> list[Prompt]:
-        """The first ``n`` valid prompts in file order (fewer if the dataset has fewer); for
-        validation. Does not move the sampler."""
-        out: list[Prompt] = []
-        for i in range(len(self.dataset)):
-            if len(out) >= n:
-                break
-            prompt = self.dataset.get(i)
-            if prompt is not None:
-                out.append(prompt)
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able position; :meth:`load_state_dict` on a sampler over the same files continues
-        with exactly the batches this one would have produced."""
-        return {"epoch": self.epoch, "position": self.position, "consumed": self.consumed,
-                "num_skipped": self.num_skipped, "seed": self.seed, "shuffle": self.shuffle,
-                "num_rows": len(self.dataset)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`; ValueError if the seed, shuffling or dataset size differ
-        (the future batches would silently be different ones)."""
-        mine = {"seed": self.seed, "shuffle": self.shuffle, "num_rows": len(self.dataset)}
-        for key, value in mine.items():
-            if state[key] != value:
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {value!r}")
-        if not 0 <= state["position"] <= len(self.dataset):
-            raise ValueError(f"sampler state position {state['position']} is outside 0..{len(self.dataset)}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.consumed, self.num_skipped = int(state["consumed"]), int(state["num_skipped"])
-        self._order = self._permutation(self.epoch)
+        return PromptSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,10 @@ Contract. A reward function is ``fn(response: str, row: dict, **kwargs) -> float
   that is weighted into the overall reward; its other keys are logged as ``<name>/<key>``.
 - Raising is allowed: :class:`~rl_vlm.rewards.manager.RewardManager` scores that sample 0 for
   that function and counts an error; so does running past ``reward.timeout_s`` in a worker.
+  After ``reward.max_consecutive_errors`` failures in a row the function is disabled (scores 0,
+  never called again) or, with ``reward.on_repeated_errors=stop``, the run stops.
+- Names, files, imports and signatures are checked at config validation
+  (:func:`rl_vlm.rewards.checks.check_reward_config`), not on the first batch.
 - With ``reward.num_workers > 0`` it runs in a worker process: it must be importable there (a
   module-level function of a file or module, not a lambda or a closure) and must not rely on
   state set up in the driver. Full reference: docs/rewards.md.

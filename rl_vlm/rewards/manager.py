@@ -11,6 +11,12 @@ past ``reward.timeout_s`` gives that sample 0 for that function and counts an er
 traceback of each key is logged once; the step continues. ``reward.num_workers = 0`` scores
 serially in the driver (no timeout); otherwise a :class:`~rl_vlm.rewards.pool.RewardPool` of
 worker processes is started on the first batch and reused.
+
+Circuit breaker: after ``reward.max_consecutive_errors`` failures in a row of one configured
+function (a success resets the count), ``reward.on_repeated_errors=disable`` disables it for the
+manager's life: it is not called (nor sent to the workers) again and scores 0 without counting
+errors; ``RewardResult.num_disabled`` counts such functions. ``stop`` raises RuntimeError instead.
+One manager per curriculum stage, so a stage starts with every function enabled.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ import torch
 
 from rl_vlm.config import RewardConfig, RewardFunctionConfig
 from rl_vlm.rewards import RewardFn, resolve_reward
-from rl_vlm.rewards.pool import FunctionSpec, RewardPool, accepts_length, call_reward
+from rl_vlm.rewards.pool import (
+    CircuitBreaker,
+    FunctionSpec,
+    RewardPool,
+    accepts_length,
+    call_reward,
+)
 
 logger = logging.getLogger("rl_vlm.rewards")
 
@@ -53,6 +65,9 @@ class RewardResult:
     present: dict[str, torch.Tensor] = field(default_factory=dict)
     """[N] bool for each key of ``sub_scores``: which samples it was computed for (with ``by_task``
     a key may apply to some samples only; its mean over those is ``s[m].mean()``)."""
+    num_disabled: int = 0
+    """Functions the manager has disabled so far (``reward.on_repeated_errors=disable``), this
+    batch or earlier; their samples score 0 and are not counted in ``errors``."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,8 @@ class _Slot:
     fn: RewardFn
     key: str
     pass_length: bool
+    label: str
+    """How breaker messages name it: ``'name'``, plus its key and ``by_task`` set when they differ."""
 
 
 class RewardManager:
@@ -86,11 +103,21 @@ class RewardManager:
             for fcfg, key in zip(fcfgs, keys):
                 fn = resolve_reward(fcfg.name)
                 _check_kwargs(fcfg.name, fn, fcfg.kwargs)
-                self.slots.append(_Slot(fcfg, fn, key, accepts_length(fn)))
+                label = repr(fcfg.name) + (f" (key {key!r})" if key != fcfg.name else "")
+                label += f" in {where}" if set_name is not None else ""
+                self.slots.append(_Slot(fcfg, fn, key, accepts_length(fn), label))
             self.sets[set_name] = tuple(range(start, len(self.slots)))
         self.names: tuple[str, ...] = tuple(self.slots[k].key for k in self.sets[None])
         self._logged: set[str] = set()
         self._pool: RewardPool | None = None
+        self.breaker = CircuitBreaker([s.label for s in self.slots], cfg.max_consecutive_errors,
+                                      cfg.on_repeated_errors)
+        """Consecutive failures per slot and the disabled slots (see the module docstring)."""
+
+    @property
+    def num_disabled(self) -> int:
+        """How many configured functions the circuit breaker has disabled so far."""
+        return len(self.breaker.disabled)
 
     # ------------------------------------------------------------------------------ routing
     def set_of(self, row: Mapping[str, Any]) -> str | None:
@@ -156,7 +183,9 @@ class RewardManager:
                 slot = self.slots[k]
                 scores = sub.setdefault(slot.key, torch.zeros(n, dtype=torch.float64))
                 present.setdefault(slot.key, torch.zeros(n, dtype=torch.bool))[i] = True
-                res = results[(i, k)]
+                res = results.get((i, k))
+                if res is None:  # disabled by the circuit breaker: scores 0, already reported once
+                    continue
                 if isinstance(res, str):
                     self._error(slot.key, i, res, errors, slot.cfg.name)
                     continue
@@ -167,20 +196,29 @@ class RewardManager:
                         sub.setdefault(f"{slot.key}/{extra}", torch.zeros(n, dtype=torch.float64))[i] = value
                         present.setdefault(f"{slot.key}/{extra}", torch.zeros(n, dtype=torch.bool))[i] = True
         return RewardResult(overall=overall.float(), sub_scores={k: v.float() for k, v in sub.items()},
-                            num_errors=sum(errors.values()), errors=errors, present=present)
+                            num_errors=sum(errors.values()), errors=errors, present=present,
+                            num_disabled=self.num_disabled)
 
     def _run(self, responses: Sequence[str], rows: Sequence[Mapping[str, Any]], plan: list[tuple[int, ...]],
              lengths: list[int | None]) -> dict[tuple[int, int], dict[str, float] | str]:
         if self.cfg.num_workers == 0:
-            return {(i, k): call_reward(self.slots[k].fn, responses[i], rows[i], self.slots[k].cfg.kwargs,
-                                        lengths[i], self.slots[k].pass_length)
-                    for i, ks in enumerate(plan) for k in ks}
+            out: dict[tuple[int, int], dict[str, float] | str] = {}
+            for i, ks in enumerate(plan):
+                for k in ks:
+                    if self.breaker.is_disabled(k):
+                        continue
+                    slot = self.slots[k]
+                    out[(i, k)] = call_reward(slot.fn, responses[i], rows[i], slot.cfg.kwargs, lengths[i],
+                                              slot.pass_length)
+                    self.breaker.record(k, out[(i, k)])
+            return out
         if self._pool is None:
             specs = [FunctionSpec(_absolute(s.cfg.name), getattr(s.fn, "__module__", "") or "", dict(s.cfg.kwargs))
                      for s in self.slots]
             self._pool = RewardPool(specs, self.cfg.num_workers, self.cfg.timeout_s)
             weakref.finalize(self, self._pool.close)
-        return self._pool.run([(i, responses[i], rows[i], ks, lengths[i]) for i, ks in enumerate(plan)])
+        return self._pool.run([(i, responses[i], rows[i], ks, lengths[i]) for i, ks in enumerate(plan)],
+                              self.breaker)
 
     def close(self) -> None:
         """Stop the reward workers, if any (also done at garbage collection and interpreter exit)."""

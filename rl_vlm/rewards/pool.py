@@ -8,12 +8,16 @@ sends one message per finished function, and each function call has ``timeout_s`
 the previous one finished (or the task was sent). A call past its deadline is abandoned: its
 worker is killed and replaced, the call is reported as a timeout, and the sample's remaining
 functions go back to the queue. A worker that dies (segfault, ``os._exit``) is handled the same way.
+
+A :class:`CircuitBreaker` sees every result as it arrives; functions it has disabled are no longer
+sent to the workers (calls already running finish or time out as usual).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import math
 import multiprocessing as mp
 import time
@@ -25,6 +29,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 _STARTUP_TIMEOUT_S = 120.0
+
+logger = logging.getLogger("rl_vlm.rewards")
 
 
 def accepts_length(fn: Callable[..., Any]) -> bool:
@@ -64,6 +70,53 @@ def _finite(value: Any, key: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"reward {key!r} is not finite: {number}")
     return number
+
+
+class CircuitBreaker:
+    """Consecutive failures per function index (``reward.max_consecutive_errors``).
+
+    A failure is any error result (the traceback text of a raise, an invalid or non-finite
+    score, a timeout or a dead worker); a success resets that function's count. At ``limit``
+    failures in a row, ``mode`` ``disable`` disables the function (one WARNING) and ``stop``
+    raises RuntimeError; ``limit`` 0 never trips.
+    """
+
+    def __init__(self, labels: Sequence[str], limit: int, mode: str) -> None:
+        self.labels = list(labels)
+        """How messages name function k (its name, key and set)."""
+        self.limit = limit
+        self.mode = mode
+        self.failures = [0] * len(self.labels)
+        self.disabled: dict[int, str] = {}
+        """Disabled function indices -> their last error (one line)."""
+
+    def is_disabled(self, k: int) -> bool:
+        return k in self.disabled
+
+    def record(self, k: int, result: dict[str, float] | str) -> None:
+        if not isinstance(result, str):
+            self.failures[k] = 0
+            return
+        self.failures[k] += 1
+        if self.limit == 0 or self.failures[k] < self.limit or k in self.disabled:
+            return
+        last = _last_line(result)
+        if self.mode == "stop":
+            # The manager logs tracebacks after the batch, which this raise skips: keep the evidence.
+            logger.error("reward function %s: last failure before stopping the run:\n%s", self.labels[k], result)
+            raise RuntimeError(f"reward function {self.labels[k]} failed {self.failures[k]} times in a row "
+                               f"(reward.max_consecutive_errors={self.limit}, reward.on_repeated_errors=stop); "
+                               f"last error: {last}")
+        self.disabled[k] = last
+        logger.warning("reward function %s disabled after %d consecutive failures "
+                       "(reward.max_consecutive_errors=%d): it scores 0 from now on and is not called again; "
+                       "last error: %s", self.labels[k], self.failures[k], self.limit, last)
+
+
+def _last_line(tb: str) -> str:
+    """The ``Type: message`` line of a traceback text (the whole text when it is one line)."""
+    lines = [line.strip() for line in tb.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 @dataclass(frozen=True)
@@ -170,21 +223,40 @@ class RewardPool:
         self._await_ready(w)
         self._workers[index] = w
 
-    def run(self, tasks: Sequence[tuple[int, str, Mapping[str, Any], Sequence[int], int | None]]
-            ) -> dict[tuple[int, int], dict[str, float] | str]:
+    def run(self, tasks: Sequence[tuple[int, str, Mapping[str, Any], Sequence[int], int | None]],
+            breaker: CircuitBreaker | None = None) -> dict[tuple[int, int], dict[str, float] | str]:
         """Run every ``(i, response, row, function indices, response_length)`` task; returns
-        ``{(i, k): result}`` for every requested pair (timeouts as error text)."""
+        ``{(i, k): result}`` for every requested pair (timeouts as error text) except those of
+        functions ``breaker`` has disabled before they were sent. When the breaker raises
+        (``stop``), the workers are killed first, so a later call starts clean ones."""
         self._start()
+        try:
+            return self._run(tasks, breaker)
+        except BaseException:
+            for w in self._workers:  # busy workers would not read a polite stop message
+                self._kill(w)
+            self._workers = []
+            raise
+
+    def _run(self, tasks: Sequence[tuple[int, str, Mapping[str, Any], Sequence[int], int | None]],
+             breaker: CircuitBreaker | None) -> dict[tuple[int, int], dict[str, float] | str]:
         queue = deque((i, resp, dict(row), list(ks), length) for i, resp, row, ks, length in tasks if ks)
         results: dict[tuple[int, int], dict[str, float] | str] = {}
         while queue or any(w.task is not None for w in self._workers):
             for w in self._workers:
-                if w.task is None and queue:
-                    w.task = queue.popleft()
-                    w.remaining = list(w.task[3])
+                while w.task is None and queue:
+                    i, resp, row, ks, length = queue.popleft()
+                    # Filtered when sent, not when queued: the breaker may trip mid-batch.
+                    ks = [k for k in ks if breaker is None or not breaker.is_disabled(k)]
+                    if not ks:
+                        continue
+                    w.task = (i, resp, row, ks, length)
+                    w.remaining = list(ks)
                     w.deadline = time.monotonic() + self.timeout_s
                     w.conn.send(w.task)
             busy = [w for w in self._workers if w.task is not None]
+            if not busy:  # everything left in the queue belonged to disabled functions
+                break
             wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
             ready = set(wait([w.conn for w in busy], timeout=wait_s))
             for index, w in enumerate(self._workers):
@@ -203,17 +275,22 @@ class RewardPool:
                         w.deadline = time.monotonic() + self.timeout_s
                         if not w.remaining:
                             w.task = None
+                        if breaker is not None:
+                            breaker.record(k, res)
                         continue
                 elif time.monotonic() >= w.deadline:
                     failure = (f"TimeoutError: reward function {self.specs[w.remaining[0]].name!r} ran longer "
                                f"than reward.timeout_s={self.timeout_s:g} s; its worker was killed")
                 if failure is not None:
                     i, resp, row, _, length = w.task
-                    results[(i, w.remaining[0])] = failure
+                    k = w.remaining[0]
+                    results[(i, k)] = failure
                     if len(w.remaining) > 1:
                         queue.append((i, resp, row, w.remaining[1:], length))
                     w.task = None
                     self._replace(index)
+                    if breaker is not None:
+                        breaker.record(k, failure)
         return results
 
     def close(self) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rl_vlm.data.images import load_image, num_visual_tokens, resize_image, smart_resize, validate_image_spec
+from rl_vlm.data.images import (
+    load_image,
+    num_visual_tokens,
+    resize_image,
+    smart_resize,
+    validate_image_spec,
+)
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -63,7 +69,9 @@ def test_smart_resize_invariants_and_reference() -> None:
     transformers' copy of the rule skips the "at least ``factor``" clamp of the first rounding
     (qwen-vl-utils has it), so the two differ only when a side is under 14 px; compare above that.
     """
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+        smart_resize as reference,
+    )
 
     lo, hi = 3136, 200_704
     for h in (5, 13, 28, 57, 64, 99, 200, 333, 640, 1080, 2001):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rl_vlm.rewards import REWARDS
-from rl_vlm.rewards.accuracy import (accuracy_reward, exact_match_reward, last_boxed, math_reward,
-                                     multiple_choice_reward, strip_units)
+from rl_vlm.rewards.accuracy import (
+    accuracy_reward,
+    exact_match_reward,
+    last_boxed,
+    math_reward,
+    multiple_choice_reward,
+    strip_units,
+)
 from rl_vlm.rewards.format import format_reward
 from rl_vlm.rewards.length import overlong_reward
 

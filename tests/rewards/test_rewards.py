@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from rl_vlm.rewards import REWARDS, accuracy_reward, format_reward, register_reward, resolve_reward
+from rl_vlm.rewards import (
+    REWARDS,
+    accuracy_reward,
+    format_reward,
+    register_reward,
+    resolve_reward,
+)
 from rl_vlm.rewards.accuracy import extract_answer, math_equal, normalize_text
 
 
