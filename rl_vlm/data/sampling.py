@@ -2,7 +2,7 @@
 
 * :class:`PromptSampler` -- a seeded per-epoch order over one dataset (the run without a curriculum).
 * :class:`MixtureSampler` -- weighted draws over several sources (a curriculum stage, see
-  :mod:`rl_vlm.curriculum`), optionally steered to the learnable frontier by a
+  :mod:`rl_vlm.driver.curriculum`), optionally steered to the learnable frontier by a
   :class:`DifficultyTracker` (``w(p)``: :func:`frontier_weight`).
 * :class:`TaskSubset` -- the rows of a dataset with one ``task`` field, as a source.
 

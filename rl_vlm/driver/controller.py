@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from rl_vlm.algorithms import build_algorithm
-from rl_vlm.batch import RolloutBatch
+from rl_vlm.algorithms import Algorithm, StepContext, build_algorithm
+from rl_vlm.batch import RolloutBatch, StepShape
 from rl_vlm.checkpoint.resume import resume_point, write_resolved_config
 from rl_vlm.checkpoint.state import restore_checkpoint, save_checkpoint
 from rl_vlm.checkpoint.store import CheckpointStore
 from rl_vlm.config import Config, to_dict
-from rl_vlm.curriculum import rollout_and_score, sft_step
+from rl_vlm.driver.rollout_phase import rollout_and_score
+from rl_vlm.driver.sft import sft_step
 from rl_vlm.distributed.pools import WorkerFailure
 from rl_vlm.driver.evaluation import run_validation
 from rl_vlm.driver.experience import (
@@ -30,6 +31,7 @@ from rl_vlm.driver.experience import (
     branch_of,
     learner_batch,
     pad_responses,
+    response_views,
 )
 from rl_vlm.driver.metrics import response_stats
 from rl_vlm.driver.signals import install_stop_handler
@@ -49,22 +51,24 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
     prompts, rollout, scored = sampled.prompts, sampled.rollout, sampled.scored
     with timer("old_logprob"):
         batch = learner_batch(rollout, algorithm, len(prompts), seed, step)
-        set_batch = (cfg.learner.mini_batch_size, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, step, total)
-        sys_.learners.set_batch(batch, *set_batch)
+        shape = StepShape(mini_batch_size=cfg.learner.mini_batch_size, group_size=G,
+                          max_response_len=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                          step=step, total_steps=total)
+        sys_.learners.set_batch(batch, shape)
         old = (sys_.learners.compute_logprobs() if cfg.learner.old_logprobs == "recompute"
                else [torch.tensor(lp, dtype=torch.float32) for lp in rollout.rollout_logprobs])
         ref = sys_.learners.compute_logprobs("reference") if algorithm.needs_reference else None
-        extras = _hook_extras(sys_, algorithm, rollout, len(prompts), old, ref, step)
+        ctx = step_context(sys_, algorithm, rollout, len(prompts), old, ref, step)
     with timer("advantage"):
-        mask = extras["response_mask"]
-        scores = algorithm.score_rollouts(scored.overall, scored.sub_scores, G, mask, extras)
-        adv = algorithm.compute_advantages(scores.rewards, G, mask, extras)
-        keep = algorithm.select_for_update(adv, G, extras)
+        mask = ctx.response_mask
+        scores = algorithm.score_rollouts(scored.overall, scored.sub_scores, G, ctx)
+        adv = algorithm.compute_advantages(scores.rewards, G, ctx)
+        keep = algorithm.select_for_update(adv, G, ctx)
         keep = list(range(len(rollout.response_ids))) if keep is None else keep.tolist()
         advantages = [adv[i, : len(rollout.response_ids[i])] for i in keep]
     with timer("update"):
         if len(keep) != len(rollout.response_ids):  # the algorithm dropped sequences: re-shard
-            sys_.learners.set_batch(batch.subset(keep), *set_batch)
+            sys_.learners.set_batch(batch.subset(keep), shape)
             sys_.learners.compute_views()
         actor = sys_.learners.update(advantages, [old[i] for i in keep],
                                      None if ref is None else [ref[i] for i in keep])
@@ -84,7 +88,7 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         "reward/errors": float(scored.num_errors),
         **response_stats(rollout),
         **scores.metrics,
-        **getattr(algorithm, "last_metrics", {}),
+        **algorithm.step_metrics(),
         "advantage/mean": (adv * mask).sum().item() / max(mask.sum().item(), 1),
         "advantage/abs_max": adv.abs().max().item(),
         **{f"actor/{k}": v for k, v in actor.items()},
@@ -105,26 +109,21 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
     return metrics
 
 
-def _hook_extras(sys_: System, algorithm: Any, rollout: RolloutBatch, num_raw_prompts: int,
-                 old: list[torch.Tensor], ref: list[torch.Tensor] | None, step: int) -> dict[str, Any]:
+def step_context(sys_: System, algorithm: Algorithm, rollout: RolloutBatch, num_raw_prompts: int,
+                 old: list[torch.Tensor], ref: list[torch.Tensor] | None, step: int) -> StepContext:
     """The response-aligned inputs of the driver-side algorithm hooks (contract:
     :mod:`rl_vlm.algorithms.base`); runs the extra learner passes the algorithm asks for."""
     learners = sys_.learners
     old_pad, mask = pad_responses(old)
-    extras: dict[str, Any] = {"response_mask": mask, "old_logprobs": old_pad, "step": step,
-                              "total_steps": sys_.cfg.trainer.total_steps,
-                              "micro_batches": learners.micro_batches,
-                              "device_mini_batches": learners.device_mini_batches,
-                              "branch": branch_of(rollout, num_raw_prompts)}
-    if ref is not None:
-        extras["ref_logprobs"] = pad_responses(ref)[0]
-    if algorithm.views():
-        extras.update({k: pad_responses(v)[0] for k, v in learners.compute_views().items()})
-    if algorithm.ema_reference() is not None:
-        extras["ema/logprobs"] = pad_responses(learners.compute_logprobs("ema"))[0]
-    if algorithm.needs_answer_span:
-        extras["answer_mask"] = answer_mask(sys_.tokenizer, rollout.response_ids, mask.shape[1])
-    return extras
+    views = response_views(learners.compute_views()) if algorithm.views() else {}
+    ema = pad_responses(learners.compute_logprobs("ema"))[0] if algorithm.ema_reference() is not None else None
+    return StepContext(
+        response_mask=mask, old_logprobs=old_pad, step=step, total_steps=sys_.cfg.trainer.total_steps,
+        micro_batches=learners.micro_batches, device_mini_batches=learners.device_mini_batches,
+        branch=branch_of(rollout, num_raw_prompts), ref_logprobs=None if ref is None else pad_responses(ref)[0],
+        views=views, ema_logprobs=ema,
+        answer_mask=(answer_mask(sys_.tokenizer, rollout.response_ids, mask.shape[1])
+                     if algorithm.needs_answer_span else None))
 
 
 def train(cfg: Config) -> str:

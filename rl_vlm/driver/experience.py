@@ -4,7 +4,8 @@ Kept out of the controller so that it reads as the data flow: this module turns 
 rollout into (1) the prompts to sample, including the groups an algorithm wants sampled on a
 transformed image (``Algorithm.rollout_views``), (2) the :class:`~rl_vlm.batch.LearnerBatch`
 with every image view an algorithm asks for (``Algorithm.views``), and (3) the response-aligned
-``extras`` the driver-side hooks read (contract: :mod:`rl_vlm.algorithms.base`).
+tensors of the :class:`~rl_vlm.algorithms.context.StepContext` the driver-side hooks read
+(contract: :mod:`rl_vlm.algorithms.base`).
 
 View transforms are drawn from ``numpy.random.default_rng([seed, step, k, j])`` (view k, prompt
 or sequence j), so a step's masks are the same on every run and after a resume.
@@ -12,6 +13,7 @@ or sequence j), so a step's masks are the same on every run and after a resume.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from rl_vlm.algorithms.base import Algorithm, ViewSpec
+from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch
 
 
@@ -31,6 +34,17 @@ def pad_responses(values: list[torch.Tensor] | list[list[float]]) -> tuple[torch
         out[i, : len(v)] = torch.as_tensor(v, dtype=torch.float32)
         mask[i, : len(v)] = 1.0
     return out, mask
+
+
+def response_views(per_sequence: Mapping[str, list[torch.Tensor]]) -> dict[str, ViewOutputs]:
+    """The learner pool's view outputs, keyed ``view/<name>/<field>`` with per-sequence values
+    (``LearnerPool.compute_views``), as one response-aligned ``[N, L]``
+    :class:`~rl_vlm.algorithms.context.ViewOutputs` per view name."""
+    fields: dict[str, dict[str, torch.Tensor]] = {}
+    for key, values in per_sequence.items():
+        _, name, field = key.split("/")
+        fields.setdefault(name, {})[field] = pad_responses(values)[0]
+    return {name: ViewOutputs(**f) for name, f in fields.items()}
 
 
 def _transform(view: ViewSpec, images: list[Any], rng: np.random.Generator) -> list[Any]:

@@ -8,7 +8,8 @@ from typing import Any
 
 from rl_vlm.batch import Prompt
 from rl_vlm.config import Config
-from rl_vlm.curriculum import Curriculum
+from rl_vlm.driver.curriculum import Curriculum
+from rl_vlm.distributed.interfaces import LearnerPool, RolloutPool
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.validation import resolve_device
 
@@ -21,8 +22,9 @@ class System:
     cfg: Config
     train_sampler: Any
     val_prompts: list[Prompt]
-    rollout: Any
-    learners: Any
+    rollout: RolloutPool
+    learners: LearnerPool | None
+    """None in an eval-only system (``build_system(with_learners=False)``)."""
     rewards: RewardManager
     tokenizer: Any
     curriculum: Curriculum = None  # type: ignore[assignment]  # set by build_system

@@ -27,7 +27,9 @@ from rl_vlm.config import (
     RewardFunctionConfig,
     StageConfig,
 )
-from rl_vlm.curriculum import Curriculum, group_keep, sample_groups, sft_batch
+from rl_vlm.driver.curriculum import Curriculum
+from rl_vlm.driver.rollout_phase import group_keep, sample_groups
+from rl_vlm.driver.sft import sft_batch
 from rl_vlm.data.sampling import MixtureSampler, PromptSampler
 from rl_vlm.rewards.manager import RewardResult
 from rl_vlm.validation import validate
