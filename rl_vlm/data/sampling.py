@@ -23,6 +23,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from rl_vlm import seeds
 from rl_vlm.batch import Prompt
 from rl_vlm.config import DifficultyConfig
 from rl_vlm.data.dataset import RowDataset, SkippedRow
@@ -304,7 +305,7 @@ class MixtureSampler:
             raise ValueError(f"source weights {list(weights)} must be >= 0 and sum to > 0")
         self.probs = np.asarray(weights, dtype=np.float64) / total
         self.batch_size, self.seed, self.difficulty = batch_size, seed, difficulty
-        self.samplers = [PromptSampler(ds, 1, seed=seed + 7919 * k, shuffle=shuffle) for k, ds in enumerate(datasets)]
+        self.samplers = [PromptSampler(ds, 1, seed=seeds.mixture_source(seed, k), shuffle=shuffle) for k, ds in enumerate(datasets)]
         self.draws = 0
         self.num_rejected = 0
         """Candidates skipped by difficulty-aware sampling."""

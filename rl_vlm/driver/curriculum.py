@@ -23,19 +23,21 @@ estimate), ``data/frontier_frac`` (the share of those with 0.2 <= p <= 0.8) and
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-
+from rl_vlm import seeds
 from rl_vlm.batch import Prompt
 from rl_vlm.config import Config, RewardConfig, StageConfig
-from rl_vlm.data.sampling import DifficultyTracker, MixtureSampler, PromptSampler, TaskSubset
+from rl_vlm.data.sampling import (
+    DifficultyTracker,
+    MixtureSampler,
+    PromptSampler,
+    TaskSubset,
+)
 from rl_vlm.rewards.manager import RewardManager, RewardResult
-
 
 log = logging.getLogger("rl_vlm.driver")
 
@@ -107,7 +109,7 @@ class Curriculum:
                 weights = [src.weight for src in s.sources]
             else:
                 datasets, weights = [dataset(d.train_files, template)], [1.0]
-            seed = cfg.trainer.seed + 100_003 * i
+            seed = seeds.stage_sampler(cfg.trainer.seed, i)
             if not cfg.curriculum.stages and not self.difficulty.enabled:
                 # No curriculum: the plain sampler, so runs (and checkpoints) are exactly as before.
                 sampler: Any = PromptSampler(datasets[0], d.rollout_batch_size, seed=seed, shuffle=d.shuffle)

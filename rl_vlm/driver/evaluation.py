@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from rl_vlm import seeds
 from rl_vlm.driver.system import System
 
 
@@ -19,7 +20,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def run_validation(sys_: System) -> dict[str, float]:
     """Score the held-out prompts: mean reward, accuracy (pass@1) and pass@k for k <= val_n."""
     r = sys_.cfg.rollout
-    batch = sys_.rollout.generate(sys_.val_prompts, r.val_n, max(r.val_temperature, 0.0), 1.0, seed=0)
+    batch = sys_.rollout.generate(sys_.val_prompts, r.val_n, max(r.val_temperature, 0.0), 1.0,
+                                  seed=seeds.VALIDATION)
     rows = [p.row for p in batch.prompts for _ in range(batch.group_size)]
     scored = sys_.rewards.score(batch.response_texts, rows)
     acc = scored.sub_scores[sys_.cfg.reward.accuracy_key].view(-1, batch.group_size)

@@ -4,17 +4,17 @@ prompt on the rollout pool, score them; with ``data.dynamic_sampling``, DAPO's d
 
 from __future__ import annotations
 
-from __future__ import annotations
-
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
+from rl_vlm import seeds
 from rl_vlm.batch import Prompt, RolloutBatch
 from rl_vlm.config import DataConfig
 from rl_vlm.rewards.manager import RewardResult
-import logging
+
 log = logging.getLogger("rl_vlm.driver")
 
 
@@ -152,7 +152,7 @@ def rollout_and_score(system: Any, algorithm: Any, step: int, timer: Any) -> Sam
             # Round 0 keeps the seed of a run without dynamic sampling.
             return system.rollout.generate(with_rollout_views(prompts, algorithm, seed, step), G,
                                            cfg.rollout.temperature, cfg.rollout.top_p,
-                                           seed=seed * 100_003 + step + 1_000_003 * attempt)
+                                           seed=seeds.rollout_request(seed, step, attempt))
 
 
     def score(rollout: RolloutBatch) -> RewardResult:

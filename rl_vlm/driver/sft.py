@@ -3,13 +3,11 @@ reward marks correct, one supervised update (token-mean NLL) on them, weight syn
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import math
 import time
 from typing import Any, Sequence
 
-
+from rl_vlm import seeds
 from rl_vlm.batch import LearnerBatch, RolloutBatch
 
 
@@ -40,7 +38,7 @@ def sft_step(system: Any, algorithm: Any, step: int) -> dict[str, float]:
     with timer("rollout"):
         prompts = system.train_sampler.next_batch()
         rollout = system.rollout.generate(prompts, G, cfg.rollout.temperature, cfg.rollout.top_p,
-                                          seed=cfg.trainer.seed * 100_003 + step)
+                                          seed=seeds.rollout_request(cfg.trainer.seed, step))
     with timer("reward"):
         rows = [p.row for p in prompts for _ in range(G)]
         scored = system.rewards.score(rollout.response_texts, rows, [len(r) for r in rollout.response_ids])
