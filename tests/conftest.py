@@ -1,9 +1,8 @@
-"""Shared fixtures: a tiny Qwen2.5-VL built once per test session (random weights, no warm start)."""
+"""Shared fixtures: the tiny Qwen2.5-VL, random-init (built once per session) and warm-started (shipped)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def warm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model after the default supervised warm start (what `rl-vlm setup-cpu-demo` builds):
-    it follows the answer format but is far from perfect, so GRPO has a learning signal."""
-    from rl_vlm.models.tiny import build_and_warm_start, is_current
+    """The shipped warm-started tiny model (what `rl-vlm setup-cpu-demo` copies into artifacts/):
+    it follows the answer format but is far from perfect, so GRPO has a learning signal. Shipped,
+    not built here, because a warm start's result depends on the CPU type."""
+    from rl_vlm.models.tiny import install_shipped
 
-    out = tmp_path_factory.mktemp("warm-model")
-    # `scripts/setup.sh` built this very model into artifacts/ (same seed, steps, code and
-    # libraries, single-threaded warm start): reuse it rather than spend minutes rebuilding.
-    built = Path(__file__).resolve().parents[1] / "artifacts" / "tiny-qwen2.5-vl"
-    if is_current(built, seed=0):
-        shutil.copytree(built, out, dirs_exist_ok=True)
-        return out
-    return build_and_warm_start(out, seed=0)
+    out = tmp_path_factory.mktemp("warm-model") / "tiny-qwen2.5-vl"
+    install_shipped(out)
+    return out
