@@ -81,6 +81,28 @@ class LearnerBatch:
                             {k: [v[i] for i in idx] for k, v in self.view_images.items()})
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """How the learners cut and score one step's sequences (``LearnerPool.set_batch``): the same
+    for every rank, so it travels once per step next to the batch."""
+
+    mini_batch_size: int
+    """Prompts per optimizer step (``learner.mini_batch_size``): a mini-batch is
+    ``mini_batch_size * group_size`` consecutive sequences of the batch."""
+    group_size: int
+    """G, samples per prompt (``rollout.n``)."""
+    max_response_len: int
+    """``rollout.max_new_tokens``: the constant denominator of the length-independent loss
+    aggregations (``seq-mean-token-sum-norm``)."""
+    temperature: float
+    """Logits are divided by it before log-softmax: the rollout temperature in RL steps (so the
+    learner scores the distribution the engines sampled from), 1.0 in SFT steps."""
+    step: int
+    """The current training step (1-based), for algorithms with schedules."""
+    total_steps: int
+    """``trainer.total_steps``, the horizon of those schedules."""
+
+
 @dataclass
 class SequenceBatch:
     """Padded learner inputs for a set of sequences (a rank's share of a mini-batch)."""
@@ -103,8 +125,8 @@ class SequenceBatch:
     """[n, T] log pi_old of each token, recomputed by the learner (no grad)."""
     ref_logprobs: torch.Tensor | None = None
     """[n, T] log pi_ref of each token, when a reference model is used."""
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Algorithm-specific per-sequence or per-token tensors, keyed ``<algorithm>/<name>``."""
+    # Algorithm-specific tensors do not travel here: the learner hands them to the algorithm as
+    # typed fields of LossInputs (per-view outputs: LossInputs.views, rl_vlm.algorithms.context).
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

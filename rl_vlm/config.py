@@ -2,8 +2,9 @@
 
 Hydra composes the YAML tree under ``configs/``; :func:`load_config` converts the result once
 into these frozen dataclasses and :func:`rl_vlm.validation.validate` checks it before any Ray actor starts. Every
-default lives here (YAML only chooses and overrides), and every component receives only its own
-sub-config.
+default lives in these dataclasses (YAML only chooses and overrides), and every component receives only
+its own sub-config. A variant's sub-config (``algorithm.papo`` ...) is defined and validated beside its
+hooks, in ``rl_vlm/algorithms/<variant>_config.py``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-
-class ConfigError(ValueError):
-    """A configuration problem, raised before any actor starts; the message names the key."""
+# Each variant's knobs live beside its hooks, in torch-free modules (importing them does not
+# import the math); ConfigError lives in a module without imports so they can raise it too.
+from rl_vlm.algorithms.care_config import CareConfig
+from rl_vlm.algorithms.papo_config import PapoConfig
+from rl_vlm.algorithms.vogue_config import VogueConfig
+from rl_vlm.algorithms.vppo_config import VppoConfig
+from rl_vlm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class DataConfig:
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose ``filter_key`` values are all equal (or whose mean
     is outside (``filter_low``, ``filter_high``)) and draw further batches of prompts until
-    ``rollout_batch_size`` groups are kept (see :func:`rl_vlm.curriculum.sample_groups`)."""
+    ``rollout_batch_size`` groups are kept (see :func:`rl_vlm.driver.rollout_phase.sample_groups`)."""
     filter_key: str = "overall"
     """What dynamic sampling filters on: ``overall`` (the weighted reward) or a reward sub-score key
     (e.g. ``accuracy``, EasyR1's ``online_filtering`` choice)."""
@@ -139,127 +144,6 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
-class PapoConfig:
-    """PAPO, algorithms.md §2 (defaults: the authors' PAPO-G 7B script, §2.4)."""
-
-    gamma: float = 0.02
-    """γ of the implicit perception loss −γ·KL_prcp (``kl_prcp_coef``)."""
-    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
-    """Estimator of KL_prcp(π_θ(·|I) ‖ π(·|I_mask)); k3 = ``low_var_kl`` as in the code."""
-    entropy_ori: float = 0.05
-    """η_ori: coefficient of the original-image entropy term +η·mean(−ℓ) (0 = off)."""
-    entropy_aug: float = 0.05
-    """η_aug: coefficient of the masked-image entropy term +η·mean(−a) (no gradient unless
-    ``recompute_with_grad``)."""
-    mask_prob: float = 0.6
-    """Probability that a 14-px tile is blacked out (one mask per prompt and step). The authors
-    tile the raw image; here the tiles are drawn on the already-resized image (§2.2)."""
-    patch_size: int = 14
-    recompute_with_grad: bool = False
-    """The paper's reading: recompute the masked-image log-probs in every update micro-batch
-    WITH gradient (``RECOMPUTE_AUG_LOG_PROBS=True``); False = the code's frozen θ_old values."""
-    kl_clip: float = 0.0
-    """> 0: clamp KL_prcp to [0, kl_clip] (``use_kl_prcp_clipping``, 0.2 in the code)."""
-    token_mask_quantile: float = 0.0
-    """> 0: keep only tokens whose KL_prcp ≥ the per-sequence (1 − q)-quantile
-    (``use_kl_prcp_token_level_mask``, q = 0.2 in the code); must be < 1."""
-    schedule: Literal["fixed", "annealing"] = "fixed"
-    """``annealing``: γ goes linearly from ``gamma_start`` to ``gamma_end`` over
-    ``annealing_ratio`` of the run's steps, then stays at ``gamma_end``; the entropy terms are
-    scaled by γ_t/γ (``AnnealingKLController``)."""
-    gamma_start: float | None = None
-    """Start of the annealing; None = ``gamma`` (the code's default ``start_value``)."""
-    gamma_end: float = 0.0
-    annealing_ratio: float = 0.5
-    """Fraction of trainer.total_steps over which γ is annealed (the code's default 0.5)."""
-
-
-@dataclass(frozen=True)
-class VppoConfig:
-    """VPPO, algorithms.md §3 (defaults: ``train_vppo_7b.sh``, §3.4)."""
-
-    mask_prob: float = 0.5
-    """Tile blackening probability, a new mask per response, after resizing (§3.2)."""
-    patch_size: int = 14
-    dependency: Literal["sampled_k3", "full_kl"] = "sampled_k3"
-    """Token visual dependency: the code's k3 on the sampled token (clamped to [0, 10]) or the
-    paper's full-distribution KL(P ‖ P')."""
-    advantage_shaping: bool = True
-    """Trajectory-level advantage shaping (TAS, mean-preserving)."""
-    beta_min: float = 0.9
-    token_filtering: bool = True
-    """Token-level gradient filtering (TGF): only the top ``top_p_tokens`` of each response's
-    tokens by dependency get policy gradient; the denominator keeps all valid tokens."""
-    top_p_tokens: float = 0.4
-    entropy_penalty: float = 0.06
-    """c_H of the entropy penalty +c_H·mean(−ℓ) (0 = off)."""
-    stats_scope: Literal["micro_batch", "global"] = "micro_batch"
-    """``micro_batch``: the code's statistics (min/max over each rank's mini-batch, the mean over
-    each micro-batch), so results depend on learner.micro_batch_size and num_ranks; ``global``:
-    min/max and mean over all the step's valid sequences, independent of the partition."""
-
-
-@dataclass(frozen=True)
-class CareConfig:
-    """GRPO-CARE, algorithms.md §4 (defaults: ``run_grpo_care_margin0*`` scripts, §4.3).
-
-    Checked when :class:`rl_vlm.algorithms.care.Care` is built (``algorithm.kl_coef`` must be 0:
-    the EMA model is only scored, never a KL target)."""
-
-    ema_decay: float = 0.995
-    """φ ← decay·φ + (1 − decay)·θ (``ref_ema_decay``); in [0, 1)."""
-    ema_update_every: int = 10
-    """The EMA reference is updated after every N-th optimizer step (``ref_ema_update_every``)."""
-    bonus_coef: float = 0.5
-    """λ of the consistency bonus λ·acc·1[i ∈ H ∩ C] (scripts 0.5; dataclass default 1.0)."""
-    confidence_upper_bound: float | None = 0.95
-    """c_i ← min(c_i, bound) BEFORE c̄ is taken (§4.1 step 3); None = no clamp (the authors'
-    dataclass default; every script sets 0.95)."""
-    margin: float = 0.0
-    """c_i ≥ c̄ − margin counts as consistent (0 = the code's None; 0.01 for video benchmarks)."""
-    accuracy_threshold: float = 0.1
-    """The high-accuracy set needs acc > this (and ≥ the mean accuracy of its unit)."""
-    accuracy_key: str = "accuracy"
-    """The reward sub-score used as acc_i (the code's reward function index 0)."""
-    group_scope: Literal["group", "device"] = "group"
-    """``group``: H, c̄ and C per prompt group (principled); ``device``: over each rank's share of
-    each mini-batch (the driver's ``device_mini_batches``), as the code does with its per-GPU
-    batch. The two are equal at one prompt per device (§4.4, §9.10)."""
-
-
-@dataclass(frozen=True)
-class VogueConfig:
-    """VOGUE / DUPL, algorithms.md §5 (defaults: the released code, §5.3)."""
-
-    mode: Literal["code", "paper"] = "code"
-    """``code``: raw-image rollouts only, the noisy image only shapes their advantages
-    (sampled-token symmetric KL, entropy cap by the shaped advantage), one branch draw per
-    step (§5.2); ``paper``: separate noisy-branch rollouts, full-distribution symmetric KL, caps
-    by the base |A| and a per-sample branch choice (§5.1, Algorithm 1)."""
-    noise_std: float = 0.2
-    """σ of the Gaussian pixel noise on [0, 1] pixels (``gaussian_noise_std``; the scripts use
-    0.2, the paper reports 0.4)."""
-    augmentation_strength: float = 1.0
-    """s: scales the noise σ and the colour jitter (brightness/contrast 0.15·s)."""
-    rotation_degrees: float = 10.0
-    """Rotation angle drawn uniformly in ±this, without expand (size kept)."""
-    alpha_p: float = 1.0
-    """Weight of the perceptual-uncertainty bonus (``kl_penalty_weight``); its sign is kept."""
-    beta_p: float = 2.0
-    """Its cap |A|/β_p (hard-coded 2 in the code)."""
-    entropy_shaping: bool = True
-    """Add the output-uncertainty (entropy) bonus (``use_entropy_shaping``)."""
-    alpha_o: float = 0.4
-    beta_o: float = 2.0
-    """Output-uncertainty bonus min(α_o·H, |A|/β_o)."""
-    schedule: Literal["adaptive", "fixed"] = "adaptive"
-    """``adaptive``: branch probability max(0, 1 − step/total); ``fixed``: ``fixed_prob``."""
-    fixed_prob: float = 0.5
-    seed: int = 0
-    """Seed of the branch draws, mixed with the step so that a resumed run repeats them."""
-
-
-@dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = "grpo"
     """Registered algorithm (see :mod:`rl_vlm.algorithms`), or several joined by ``+`` to compose
@@ -280,6 +164,7 @@ class AlgorithmConfig:
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
     entropy_coef: float = 0.0
     """Coefficient of the exact full-vocabulary entropy bonus (``loss -= coef * H``)."""
+    # Each variant's knobs, validated when built (rl_vlm/algorithms/<variant>_config.py).
     papo: PapoConfig = field(default_factory=PapoConfig)
     vppo: VppoConfig = field(default_factory=VppoConfig)
     care: CareConfig = field(default_factory=CareConfig)
@@ -318,6 +203,14 @@ class RewardConfig:
     runs past :attr:`timeout_s` is killed (its worker replaced) and scores 0 as an error."""
     timeout_s: float = 10.0
     """Per-call time limit (one function on one sample) when ``num_workers > 0``."""
+    max_consecutive_errors: int = 16
+    """Circuit breaker: after this many failures in a row of one configured function (raised, invalid
+    or non-finite score, timeout; a success resets its count), :attr:`on_repeated_errors` applies.
+    0 = never trip (every failure scores 0 and is counted, as before)."""
+    on_repeated_errors: Literal["disable", "stop"] = "disable"
+    """``disable``: the function is never called again by this reward manager (the run, or the
+    curriculum stage) and scores 0; one WARNING names it and its last error, and the driver's
+    ``reward/disabled`` counts disabled functions. ``stop``: raise RuntimeError, ending the run."""
 
     def __post_init__(self) -> None:
         # Hydra hands the by_task values over as lists of plain dicts; the generic converter does not
@@ -335,6 +228,13 @@ class RewardConfig:
             raise ConfigError(f"reward.num_workers: must be >= 0, got {self.num_workers}")
         if not self.timeout_s > 0:
             raise ConfigError(f"reward.timeout_s: must be > 0, got {self.timeout_s}")
+        if self.max_consecutive_errors < 0:
+            raise ConfigError(f"reward.max_consecutive_errors: must be >= 0 (0 = never trip), "
+                              f"got {self.max_consecutive_errors}")
+        # The YAML path is checked by the Literal type already; this covers direct construction.
+        if self.on_repeated_errors not in ("disable", "stop"):
+            raise ConfigError(f"reward.on_repeated_errors: {self.on_repeated_errors!r} is not one of "
+                              "['disable', 'stop']")
 
 
 @dataclass(frozen=True)
@@ -381,7 +281,7 @@ class StageConfig:
 @dataclass(frozen=True)
 class DifficultyConfig:
     """Difficulty-aware sampling: an online pass-rate estimate per row uid or per task, used to
-    favour the learnable frontier (pass rate near 0.5); see :mod:`rl_vlm.curriculum`."""
+    favour the learnable frontier (pass rate near 0.5); see :mod:`rl_vlm.driver.curriculum`."""
 
     mode: Literal["off", "uid", "task"] = "off"
     """``uid``: one estimate per row (its ``uid``); ``task``: one per ``task`` field (else per
@@ -422,7 +322,7 @@ class ClusterConfig:
     colocate: bool = False
     """GPU only: rollout engines and learner ranks share the same GPUs (vLLM sleeps during the
     update), so ``rollout.num_engines * rollout.tensor_parallel_size`` must equal
-    ``learner.num_ranks``. The placement is planned and validated (:mod:`rl_vlm.placement`); the
+    ``learner.num_ranks``. The placement is planned and validated (:mod:`rl_vlm.distributed.placement`); the
     actor groups do not run it yet, so ``validate`` refuses it."""
     rollout_resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources in every rollout bundle, e.g. ``{rollout_node: 1}`` with a custom
@@ -430,7 +330,7 @@ class ClusterConfig:
     learner_resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources in every learner bundle (as ``rollout_resources``)."""
     weight_sync: Literal["auto", "object_store", "collective"] = "auto"
-    """How the learner's weights reach the engines after each update (:mod:`rl_vlm.weight_sync`):
+    """How the learner's weights reach the engines after each update (:mod:`rl_vlm.distributed.sync`):
     ``object_store`` = every learner rank puts its ZeRO-3 partition of each bucket in Ray's object
     store and every engine fetches and concatenates them;
     ``collective`` = rank 0 broadcasts each bucket to every vLLM worker through a process group of

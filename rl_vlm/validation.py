@@ -51,15 +51,21 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip ranges must be >= 0")
     _require(a.clip_dual == 0 or a.clip_dual > 1, "algorithm.clip_dual", "must be 0 (off) or > 1")
     _require(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
-    from rl_vlm.algorithms import (
-        build_algorithm,  # here: the algorithms import this module
-    )
+    # Imported here: keeps this module free of torch until called. The name, the composition and
+    # the class-level checks, without building the algorithm (the variant sub-configs validated
+    # themselves when they were built).
+    from rl_vlm.algorithms import check_config
 
-    try:
-        build_algorithm(a)  # each algorithm checks its own sub-config, naming the key
-    except ValueError as e:
-        raise ConfigError(str(e) if str(e).startswith("algorithm") else f"algorithm: {e}") from e
+    check_config(a)
     _require(len(cfg.reward.functions) > 0, "reward.functions", "at least one reward function is required")
+    # Imported here: keeps this module import-light. User reward code is imported only with
+    # check_paths: like data files, it may live on another machine.
+    from rl_vlm.rewards.checks import check_reward_config
+
+    check_reward_config(cfg.reward, "reward", resolve_user_code=check_paths)
+    for i, s in enumerate(cfg.curriculum.stages):
+        if s.reward is not None:
+            check_reward_config(s.reward, f"curriculum.stages[{i}].reward", resolve_user_code=check_paths)
     _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
     _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")
     _require(t.val_every >= 0, "trainer.val_every", "must be >= 0")
@@ -73,7 +79,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
              "optimizer offload needs learner.zero_stage >= 1")
     device = resolve_device(c.device)
     if device == "gpu":
-        from rl_vlm.placement import plan_gpus  # here: placement imports this module
+        from rl_vlm.distributed.placement import plan_gpus  # here: placement imports this module
 
         plan_gpus(num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node, num_engines=r.num_engines,
                   tensor_parallel_size=r.tensor_parallel_size, num_ranks=l.num_ranks, colocate=c.colocate,
@@ -115,9 +121,9 @@ def _validate_sampling(cfg: Config, check_paths: bool) -> None:
         _require(d.filter_low < d.filter_high, "data.filter_low",
                  f"{d.filter_low} must be < data.filter_high={d.filter_high}")
     if d.dynamic_sampling:
-        from rl_vlm.algorithms import build_algorithm
+        from rl_vlm.algorithms import algorithm_class
 
-        _require(not build_algorithm(cfg.algorithm).rollout_views(), "data.dynamic_sampling",
+        _require(not algorithm_class(cfg.algorithm.name).has_rollout_views(cfg.algorithm), "data.dynamic_sampling",
                  f"algorithm {cfg.algorithm.name} samples extra rollout-view groups per prompt; "
                  "dynamic sampling filters plain groups only")
     diff = cur.difficulty

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from rl_vlm.cluster import pool_layout
 from rl_vlm.compose import compose, config_dir
 from rl_vlm.config import (
     ClusterConfig,
@@ -15,6 +14,7 @@ from rl_vlm.config import (
     LearnerConfig,
     RolloutConfig,
 )
+from rl_vlm.distributed.runtime import pool_layout
 from rl_vlm.validation import validate
 
 
@@ -128,3 +128,85 @@ def test_old_logprobs_from_rollout_needs_the_raw_distribution() -> None:
 def test_thread_counts_must_be_positive(key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}: must be >= 1, got 0"):
         validate(compose([f"{key}=0"]), check_paths=False)
+
+
+# ------------------------------------------------------------------------------ reward functions
+def test_unknown_reward_name_on_the_command_line_is_one_config_error() -> None:
+    from rl_vlm.rewards import REWARDS
+
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["reward.functions=[{name: nosuch, weight: 1}]"]), check_paths=False)
+    assert str(e.value) == (f"reward.functions[0].name: unknown reward 'nosuch' (known: {', '.join(sorted(REWARDS))}; "
+                            "or give path/to/file.py:fn or package.module:fn)")
+
+
+def test_unknown_reward_in_a_task_set_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^reward\.by_task\.math\[1\]\.name: unknown reward 'mth' \(known: "):
+        validate(compose(["reward=mixed_tasks", "reward.by_task.math=[{name: format, weight: 0.1}, {name: mth}]"]),
+                 check_paths=False)
+
+
+def test_bad_user_reward_files_are_named(tmp_path: Path) -> None:
+    missing = f"{tmp_path}/nope.py:score"
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"reward.functions=[{{name: '{missing}', weight: 1}}]"]))
+    assert str(e.value) == f"reward.functions[0].name: {missing!r}: file '{tmp_path}/nope.py' does not exist"
+    f = tmp_path / "rewards.py"
+    f.write_text("def score(response):\n    return 1.0\n\ndef strict(response, row):\n    return 1.0\n")
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"reward.functions=[{{name: '{f}:score', weight: 1}}]"]))
+    assert str(e.value) == (f"reward.functions[0].name: '{f}:score' must accept (response, row) as its first two "
+                            "positional arguments; its signature is (response)")
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"reward.functions=[{{name: '{f}:strict', weight: 1, kwargs: {{t: 1}}}}]"]))
+    assert str(e.value) == (f"reward.functions[0].kwargs: '{f}:strict' cannot be called as fn(response, row, "
+                            "**{'t': 1}): got an unexpected keyword argument 't' (its signature is (response, row))")
+
+
+def test_reward_circuit_breaker_keys() -> None:
+    cfg = compose(["reward.max_consecutive_errors=4", "reward.on_repeated_errors=stop"])
+    assert (cfg.reward.max_consecutive_errors, cfg.reward.on_repeated_errors) == (4, "stop")
+    assert compose([]).reward.max_consecutive_errors == 16 and compose([]).reward.on_repeated_errors == "disable"
+    with pytest.raises(ConfigError, match=r"^reward\.on_repeated_errors: 'skip' is not one of \['disable', 'stop'\]$"):
+        compose(["reward.on_repeated_errors=skip"])
+    with pytest.raises(ConfigError, match=r"^reward\.max_consecutive_errors: must be >= 0 \(0 = never trip\), got -1$"):
+        compose(["reward.max_consecutive_errors=-1"])
+
+
+# ------------------------------------------------------------------------------ algorithm presets
+def _restated_defaults(node: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """The keys of a YAML mapping whose value equals the dataclass default at that key."""
+    out = []
+    for k, v in node.items():
+        if isinstance(v, dict) and isinstance(defaults.get(k), dict):
+            out += _restated_defaults(v, defaults[k], f"{prefix}{k}.")
+        elif k in defaults and defaults[k] == v:
+            out.append(f"{prefix}{k}: {v!r}")
+    return out
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (config_dir() / "algorithm").glob("*.yaml")))
+def test_algorithm_presets_only_override_defaults(preset: str) -> None:
+    """YAML chooses and overrides: a preset (merged over the dataclass defaults) never restates one."""
+    from omegaconf import OmegaConf
+
+    from rl_vlm.config import AlgorithmConfig, to_dict
+
+    raw = OmegaConf.to_container(OmegaConf.load(config_dir() / "algorithm" / preset)) or {}
+    assert isinstance(raw, dict)
+    assert not _restated_defaults(raw, to_dict(AlgorithmConfig())), f"{preset} restates dataclass defaults"
+
+
+def test_config_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, rl_vlm.config; assert 'torch' not in sys.modules, 'rl_vlm.config imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_variant_configs_validate_themselves_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^algorithm\.papo\.gamma: must be >= 0, got -1\.0$"):
+        compose(["algorithm=papo", "algorithm.papo.gamma=-1"])
+    with pytest.raises(ConfigError, match=r"^algorithm\.vogue\.alpha_p: paper mode needs alpha_p >= 0"):
+        compose(["algorithm=vogue_paper", "algorithm.vogue.alpha_p=-1"])

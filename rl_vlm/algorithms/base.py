@@ -15,6 +15,8 @@ hook                   where       GRPO                    what a variant does t
                                                            EMA reference's answer likelihood
 ``compute_advantages`` driver      group advantage,        VPPO reweighting, VOGUE uncertainty
                                    broadcast on tokens     bonus
+``select_for_update``  driver      all sequences           VOGUE paper mode: per-sample branch
+``step_metrics()``     driver      none                    PAPO γ_t, VPPO α, VOGUE bonus stats
 ``token_weights``      learner     None (all ones)         VPPO top-k pivotal-token mask
 ``extra_loss_terms``   learner     none                    PAPO perception KL + double
                                                            entropy, VOGUE/VPPO entropy terms
@@ -25,52 +27,64 @@ reference (when ``kl_coef > 0``), −entropy_coef·H (when ``entropy_coef > 0``)
 terms, all aggregated with the configured ``loss_agg`` mode and the mini-batch's global
 denominators (see :func:`rl_vlm.algorithms.core.aggregate`).
 
-Extras. Algorithm-specific tensors travel in ``extras`` dicts keyed ``<namespace>/<name>``
-(as in :class:`rl_vlm.batch.SequenceBatch`). Two alignments exist:
+Inputs. Besides rewards and advantages the hooks get typed inputs, never string-keyed dicts:
 
-- driver-side hooks (``score_rollouts``, ``compute_advantages``, ``select_for_update``) see
-  RESPONSE-aligned ``[N, L]`` tensors: position j is response token j, L is the longest
-  response of the step, zero-padded, matching their ``response_mask`` argument;
-- the learner-side hooks (``token_weights``, ``extra_loss_terms``) see INPUT-aligned
-  ``[n, T]`` tensors of one micro-batch, like every :class:`LossInputs` field.
+- the driver-side hooks (``score_rollouts``, ``compute_advantages``, ``select_for_update``) get
+  the step's :class:`~rl_vlm.algorithms.context.StepContext` ``ctx``, whose tensors are
+  RESPONSE-aligned ``[N, L]``: position j is response token j, L is the longest response of
+  the step, zero-padded, matching ``ctx.response_mask``;
+- the learner-side hooks (``token_weights``, ``extra_loss_terms``) get :class:`LossInputs`: ONE
+  micro-batch, INPUT-aligned ``[n, T]`` tensors.
 
-Reserved keys filled by the framework:
+What the framework fills in (``ctx`` fields unless noted; an input the algorithm did not ask
+for, through the capability named, is None):
 
-- ``old_logprobs`` / ``ref_logprobs`` ``[N, L]`` (driver side only; the loss gets them as
-  :class:`LossInputs` fields): the learner's no-grad log-probs of the step's sequences.
-- ``view/<name>/old_logprobs`` (both sides): log π_old of the sampled response tokens with
-  view ``<name>``'s images, computed once before the update without grad.
-- ``view/<name>/kl`` / ``view/<name>/kl_rev`` ``[N, L]`` (driver side, views with
-  ``full_kl``): exact per-token KL(P ‖ P_view) and KL(P_view ‖ P) between the old policy's
-  full next-token distributions with the sequence's own and the view's images.
-- ``view/<name>/logprobs`` ``[n, T]`` (learner side, views with ``with_grad``): the view's
-  log-probs under the current policy, recomputed in every micro-batch WITH grad.
-- ``ema/logprobs`` ``[N, L]`` (driver side, when :meth:`Algorithm.ema_reference` is set):
-  log-probs of the EMA reference model the learners maintain.
-- ``answer_mask`` ``[N, L]`` (driver side, when :attr:`Algorithm.needs_answer_span`): 1 on
-  the response tokens strictly inside the last ``<answer>…</answer>`` of the response.
-- ``branch`` ``[N]`` long (driver side, when :meth:`Algorithm.rollout_views` is non-empty):
-  0 for sequences sampled on the raw images, k for those sampled on the k-th rollout view.
-- ``micro_batches`` / ``device_mini_batches`` (driver side): lists of lists of global sequence
-  indices, one per update micro-batch / per (rank, mini-batch) — for statistics that the
-  authors' code takes over those units (VPPO §3.1).
-- ``step`` / ``total_steps`` (int, both sides): the current training step (1-based) and the
-  planned total, for scheduled coefficients (PAPO annealing, VOGUE branch probability).
+- ``response_mask``, ``old_logprobs`` and ``ref_logprobs`` (None unless
+  :attr:`Algorithm.needs_reference`): the step's sequences, log π_old (the learner's no-grad
+  pass) and log π_ref. The learner side has the same three as :class:`LossInputs` fields.
+- ``views[<name>]`` (both sides, ``ctx.views`` and :attr:`LossInputs.views`), one
+  :class:`~rl_vlm.algorithms.context.ViewOutputs` per view of :meth:`Algorithm.views`:
+  ``old_logprobs``, log π_old of the sampled response tokens with the view's images, computed
+  once before the update without grad; ``kl`` / ``kl_rev`` (views with ``full_kl``), the exact
+  per-token KL(P ‖ P_view) and KL(P_view ‖ P) between the old policy's full next-token
+  distributions with the sequence's own and the view's images; ``logprobs`` (learner side,
+  views with ``with_grad``), the view's log-probs under the current policy, recomputed in every
+  micro-batch WITH grad.
+- ``ema_logprobs`` ``[N, L]`` (when :meth:`Algorithm.ema_reference` is set): log-probs of the
+  EMA reference model the learners maintain.
+- ``answer_mask`` ``[N, L]`` (when :attr:`Algorithm.needs_answer_span`): 1 on the response
+  tokens strictly inside the last ``<answer>…</answer>`` of the response.
+- ``branch`` ``[N]`` long: 0 for sequences sampled on the raw images, k for those sampled on
+  the k-th rollout view (:meth:`Algorithm.rollout_views`).
+- ``micro_batches`` / ``device_mini_batches``: lists of lists of global sequence indices, one
+  per update micro-batch / per (rank, mini-batch) — for statistics that the authors' code takes
+  over those units (VPPO §3.1).
+- ``step`` / ``total_steps`` (int, both sides: ``ctx`` and :class:`LossInputs`): the current
+  training step (1-based) and the planned total, for scheduled coefficients (PAPO annealing,
+  VOGUE branch probability).
+
+Metrics. ``score_rollouts`` returns its statistics in :attr:`RolloutScores.metrics`; the hooks
+that return a tensor (``compute_advantages``, ``select_for_update``) keep theirs for
+:meth:`Algorithm.step_metrics`, which the driver logs after the step's driver-side hooks; the
+loss's go in :attr:`LossOutput.metrics`.
 
 Composition. Variants are cooperative subclasses: every hook a variant overrides calls
 ``super()`` and combines the result (views are concatenated, advantages shaped in turn, token
-weights multiplied, loss terms appended). :func:`rl_vlm.algorithms.build_algorithm` composes
-``papo+vppo`` as a class with both as bases, after checking the pair is allowed.
+weights multiplied, loss terms appended, step metrics merged; the class-level
+:meth:`Algorithm.check_config` and :meth:`Algorithm.has_rollout_views` chain the same way).
+:func:`rl_vlm.algorithms.build_algorithm` composes ``papo+vppo`` as a class with both as bases,
+after checking the pair is allowed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from rl_vlm.algorithms.context import StepContext, ViewOutputs
 from rl_vlm.algorithms.core import (
     AGG_MODES,
     KL_KINDS,
@@ -81,11 +95,13 @@ from rl_vlm.algorithms.core import (
     masked_sum,
     policy_ratio,
 )
-from rl_vlm.config import AlgorithmConfig
+from rl_vlm.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL.Image import Image
+
+    from rl_vlm.config import AlgorithmConfig
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,7 @@ class ViewSpec:
     """
 
     name: str
-    """Key of the view's tensors in extras: ``view/<name>/old_logprobs``, ``view/<name>/logprobs``."""
+    """Key of the view's outputs in :attr:`StepContext.views` and :attr:`LossInputs.views`."""
     with_grad: bool
     """Also recompute the view's log-probs in every update micro-batch with grad (PAPO with
     ``RECOMPUTE_AUG_LOG_PROBS``). False = only the no-grad pre-update pass (PAPO default, VPPO,
@@ -110,7 +126,7 @@ class ViewSpec:
     responses (PAPO, §2.2)."""
     full_kl: bool = False
     """Also return the exact per-token KL between the full next-token distributions with the
-    original and the view's images (``view/<name>/kl`` and ``kl_rev``): VPPO's and VOGUE's
+    original and the view's images (:attr:`ViewOutputs.kl` and ``kl_rev``): VPPO's and VOGUE's
     paper readings. Costs a second no-grad forward on the original images."""
 
 
@@ -161,9 +177,13 @@ class LossInputs:
     """Number of sequences with ≥ 1 response token in the whole mini-batch, over all ranks."""
     max_response_len: int
     """The configured max response length (Dr. GRPO's constant normaliser)."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Algorithm-specific per-token ``[n, T]`` / per-sequence ``[n]`` tensors for these n
-    sequences, plus ``step``/``total_steps`` (see the module docstring)."""
+    step: int
+    """The current training step, 1-based."""
+    total_steps: int
+    """The planned number of steps (``trainer.total_steps``)."""
+    views: Mapping[str, ViewOutputs] = field(default_factory=dict)
+    """View name -> its ``[n, T]`` outputs for these n sequences, one entry per
+    :meth:`Algorithm.views` (``logprobs`` set for views ``with_grad``; see the module docstring)."""
 
 
 @dataclass
@@ -219,11 +239,26 @@ class Algorithm:
     """
 
     def __init__(self, cfg: AlgorithmConfig) -> None:
-        if cfg.loss_agg not in AGG_MODES:
-            raise ValueError(f"algorithm.loss_agg={cfg.loss_agg!r} is not one of {list(AGG_MODES)}")
-        if cfg.kl_estimator not in KL_KINDS:
-            raise ValueError(f"algorithm.kl_estimator={cfg.kl_estimator!r} is not one of {list(KL_KINDS)}")
+        type(self).check_config(cfg)
         self.cfg = cfg
+
+    # ------------------------------------------------------------------ class-level (no instance)
+    @classmethod
+    def check_config(cls, cfg: AlgorithmConfig) -> None:
+        """Raise :class:`~rl_vlm.errors.ConfigError`, naming the key, for what the sub-configs
+        cannot check themselves (keys that this algorithm combines). A variant that overrides it
+        calls ``super()`` first. Class-level, so :func:`rl_vlm.validation.validate` checks a
+        config without building the algorithm."""
+        if cfg.loss_agg not in AGG_MODES:
+            raise ConfigError(f"algorithm.loss_agg: {cfg.loss_agg!r} is not one of {list(AGG_MODES)}")
+        if cfg.kl_estimator not in KL_KINDS:
+            raise ConfigError(f"algorithm.kl_estimator: {cfg.kl_estimator!r} is not one of {list(KL_KINDS)}")
+
+    @classmethod
+    def has_rollout_views(cls, cfg: AlgorithmConfig) -> bool:
+        """Whether :meth:`rollout_views` is non-empty under ``cfg``, known without an instance
+        (``data.dynamic_sampling`` filters plain groups only). GRPO: False."""
+        return False
 
     # ------------------------------------------------------------------ capabilities
     @property
@@ -237,12 +272,12 @@ class Algorithm:
         return self.cfg.entropy_coef > 0
 
     def ema_reference(self) -> EmaSpec | None:
-        """An EMA reference model the learners must keep and score with (``ema/logprobs``)."""
+        """An EMA reference model the learners must keep and score with (``ctx.ema_logprobs``)."""
         return None
 
     @property
     def needs_answer_span(self) -> bool:
-        """Whether the driver must provide ``answer_mask`` to the driver-side hooks."""
+        """Whether the driver must fill ``ctx.answer_mask`` for the driver-side hooks."""
         return False
 
     # ------------------------------------------------------------------ hook 1
@@ -253,13 +288,13 @@ class Algorithm:
     def rollout_views(self) -> tuple[ViewSpec, ...]:
         """Views that get their OWN rollouts (VOGUE's paper mode): every prompt is also sampled
         G times on each of these views' images, as extra groups after the raw ones (group-major
-        over [raw prompts, view-1 prompts, ...]; ``extras["branch"]`` tells them apart). For
-        those sequences, a view of :meth:`views` with the same name is evaluated on the RAW
-        images, so ``view/<name>/*`` always compares the two branches. GRPO: none."""
+        over [raw prompts, view-1 prompts, ...]; ``ctx.branch`` tells them apart). For those
+        sequences, a view of :meth:`views` with the same name is evaluated on the RAW images, so
+        ``ctx.views[<name>]`` always compares the two branches. Must agree with
+        :meth:`has_rollout_views`. GRPO: none."""
         return ()
 
-    def select_for_update(self, advantages: torch.Tensor, group_size: int,
-                          extras: Mapping[str, Any]) -> torch.Tensor | None:
+    def select_for_update(self, advantages: torch.Tensor, group_size: int, ctx: StepContext) -> torch.Tensor | None:
         """[N_keep] long indices of the sequences that enter the policy update (VOGUE's
         per-sample branch choice), or None for all of them (GRPO). N_keep must equal the
         number of raw-branch sequences so the batch arithmetic is unchanged."""
@@ -267,15 +302,14 @@ class Algorithm:
 
     # ------------------------------------------------------------------ hook 2
     def score_rollouts(self, rewards: torch.Tensor, sub_scores: Mapping[str, torch.Tensor], group_size: int,
-                       response_mask: torch.Tensor, extras: Mapping[str, Any]) -> RolloutScores:
+                       ctx: StepContext) -> RolloutScores:
         """Extra per-rollout scoring before advantages (GRPO: no-op).
 
         Args:
             rewards: [N] overall reward per sequence (group-major, N = B·G).
             sub_scores: [N] each, the reward functions' sub-scores by name (e.g. ``accuracy``).
             group_size: G.
-            response_mask: [N, T] float response mask.
-            extras: the step's extras ([N, ...] tensors, ``view/*/old_logprobs``, ``step``...).
+            ctx: the step's response-aligned inputs (mask, log-probs, views, ``step``...).
 
         Returns:
             The rewards to feed :meth:`compute_advantages` and scoring metrics.
@@ -283,21 +317,26 @@ class Algorithm:
         return RolloutScores(rewards=rewards)
 
     # ------------------------------------------------------------------ hook 3
-    def compute_advantages(self, rewards: torch.Tensor, group_size: int, response_mask: torch.Tensor,
-                           extras: Mapping[str, Any]) -> torch.Tensor:
+    def compute_advantages(self, rewards: torch.Tensor, group_size: int, ctx: StepContext) -> torch.Tensor:
         """Per-token advantages, algorithms.md §1.1: A_{i,t} = A_i · m_{i,t}.
 
         Args:
             rewards: [N] rewards from :meth:`score_rollouts`, group-major.
             group_size: G.
-            response_mask: [N, T] float response mask.
-            extras: as in :meth:`score_rollouts` (unused by GRPO).
+            ctx: as in :meth:`score_rollouts` (GRPO reads only ``ctx.response_mask``).
 
         Returns:
-            [N, T] float32, 0 off the response.
+            [N, L] float32, 0 off the response.
         """
+        mask = ctx.response_mask
         adv = group_advantages(rewards, group_size, norm_by_std=self.cfg.norm_adv_by_std, eps=self.cfg.adv_eps)
-        return adv.to(response_mask.device)[:, None] * response_mask.float()
+        return adv.to(mask.device)[:, None] * mask.float()
+
+    def step_metrics(self) -> dict[str, float]:
+        """Step-level statistics of this step's :meth:`compute_advantages` and
+        :meth:`select_for_update`, logged by the driver as given (GRPO: none). A variant returns
+        ``{**super().step_metrics(), **its own}``."""
+        return {}
 
     # ------------------------------------------------------------------ hook 4
     def token_weights(self, inp: LossInputs) -> torch.Tensor | None:

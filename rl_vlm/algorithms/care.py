@@ -21,25 +21,31 @@ Porting decisions (§4.4, §9.10–11):
 - Statistics are per prompt group (``care.group_scope="group"``); the code's per-GPU-batch
   statistics are ``group_scope="device"`` over the driver's ``device_mini_batches``. The two
   agree at one prompt per device, the authors' released setting.
-- The answer span comes from the framework's ``answer_mask`` (the tokens strictly inside the last
+- The answer span comes from the framework's ``ctx.answer_mask`` (the tokens strictly inside the last
   ``<answer>…</answer>``), not the code's Qwen-tokenisation heuristic (``eos_idx − 3``).
 - Means are taken in float64, so equal values are never split by float32 rounding (the code's
   float32 mean of, e.g., six accuracies of 0.9 exceeds 0.9 and empties H). Elsewhere the
   result is the code's.
 
-The pure functions :func:`answer_confidence` and :func:`consistency_bonus` need torch only.
+Knobs: :class:`~rl_vlm.algorithms.care_config.CareConfig` (``algorithm.care.*``). The pure
+functions :func:`answer_confidence` and :func:`consistency_bonus` need torch only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from rl_vlm.algorithms.base import Algorithm, EmaSpec, RolloutScores
+from rl_vlm.algorithms.care_config import CareConfig
 from rl_vlm.algorithms.core import masked_sum
-from rl_vlm.config import AlgorithmConfig, ConfigError
+from rl_vlm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rl_vlm.algorithms.context import StepContext
+    from rl_vlm.config import AlgorithmConfig
 
 # §4.1 step 3: the code divides the span log-likelihood by |ans| + 1e-6, so an empty span gives
 # exp(0) = 1 (then the upper bound) rather than NaN.
@@ -148,34 +154,22 @@ class Care(Algorithm):
     advantage and the loss are the base class's (``adv_eps`` 1e-4 and seq-mean-token-mean in
     ``care.yaml``, as in the authors' trainer).
 
-    Driver-side extras read: ``ema/logprobs`` and ``answer_mask`` ``[N, L]``; with
-    ``group_scope="device"`` also ``device_mini_batches``. Metrics (in
+    Step context read: ``ctx.ema_logprobs`` and ``ctx.answer_mask`` ``[N, L]``; with
+    ``group_scope="device"`` also ``ctx.device_mini_batches``. Metrics (in
     :attr:`RolloutScores.metrics`): ``care/bonus_rate`` (share of responses bonused),
     ``care/consistency_rate`` (share of H that is in C; 0 when H is empty everywhere),
     ``care/high_accuracy_rate`` (|H|/N), ``care/confidence_mean`` (mean clamped c_i),
     ``care/bonus_mean`` (mean bonus, the code's ``rewards/bonus_rewards``).
     """
 
-    def __init__(self, cfg: AlgorithmConfig) -> None:
-        super().__init__(cfg)
-        c = cfg.care
+    @classmethod
+    def check_config(cls, cfg: AlgorithmConfig) -> None:
+        """No KL to a fixed reference (the care sub-config validated itself when built)."""
+        super().check_config(cfg)
         if cfg.kl_coef > 0:
             raise ConfigError(f"algorithm.kl_coef: GRPO-CARE has no KL to a fixed reference (the authors run "
                               f"--beta 0; the EMA model only scores answers, §4.1), got {cfg.kl_coef}; set "
                               "algorithm.kl_coef=0")
-        if not 0.0 <= c.ema_decay < 1.0:
-            raise ConfigError(f"algorithm.care.ema_decay: must be in [0, 1), got {c.ema_decay}")
-        if c.ema_update_every < 1:
-            raise ConfigError(f"algorithm.care.ema_update_every: must be >= 1, got {c.ema_update_every}")
-        if c.bonus_coef < 0:
-            raise ConfigError(f"algorithm.care.bonus_coef: must be >= 0, got {c.bonus_coef}")
-        if c.confidence_upper_bound is not None and not 0.0 < c.confidence_upper_bound <= 1.0:
-            raise ConfigError(f"algorithm.care.confidence_upper_bound: must be in (0, 1] or null, "
-                              f"got {c.confidence_upper_bound}")
-        if c.margin < 0:
-            raise ConfigError(f"algorithm.care.margin: must be >= 0, got {c.margin}")
-        if c.group_scope not in ("group", "device"):
-            raise ConfigError(f"algorithm.care.group_scope: {c.group_scope!r} is not one of ['group', 'device']")
 
     # ------------------------------------------------------------------ capabilities
     def ema_reference(self) -> EmaSpec | None:
@@ -193,25 +187,23 @@ class Care(Algorithm):
 
     # ------------------------------------------------------------------ hook 2
     def score_rollouts(self, rewards: torch.Tensor, sub_scores: Mapping[str, torch.Tensor], group_size: int,
-                       response_mask: torch.Tensor, extras: Mapping[str, Any]) -> RolloutScores:
+                       ctx: StepContext) -> RolloutScores:
         """R_i = (super()'s reward)_i + λ·acc_i·1[i ∈ H ∩ C] (§4.1 steps 3–6)."""
-        base = super().score_rollouts(rewards, sub_scores, group_size, response_mask, extras)
+        base = super().score_rollouts(rewards, sub_scores, group_size, ctx)
         c = self.cfg.care
         if c.accuracy_key not in sub_scores:
             raise KeyError(f"algorithm.care.accuracy_key={c.accuracy_key!r} is not a reward sub-score; "
                            f"available: {sorted(sub_scores)}")
-        for key in ("ema/logprobs", "answer_mask"):
-            if key not in extras:
-                raise KeyError(f"GRPO-CARE needs extras[{key!r}] from the driver (see rl_vlm.algorithms.base)")
+        if ctx.ema_logprobs is None or ctx.answer_mask is None:
+            missing = "ema_logprobs" if ctx.ema_logprobs is None else "answer_mask"
+            raise KeyError(f"GRPO-CARE needs StepContext.{missing} from the driver (see rl_vlm.algorithms.base)")
         n = base.rewards.shape[0]
         if c.group_scope == "device":
-            if "device_mini_batches" not in extras:
-                raise KeyError("algorithm.care.group_scope=device needs extras['device_mini_batches']")
-            units = [list(u) for u in extras["device_mini_batches"]]
+            units = [list(u) for u in ctx.device_mini_batches]
         else:
             units = group_units(n, group_size)
 
-        conf, _ = answer_confidence(extras["ema/logprobs"], extras["answer_mask"], c.confidence_upper_bound)
+        conf, _ = answer_confidence(ctx.ema_logprobs, ctx.answer_mask, c.confidence_upper_bound)
         out = consistency_bonus(sub_scores[c.accuracy_key], conf, units, c.bonus_coef, c.margin,
                                 c.accuracy_threshold)
         new_rewards = base.rewards + out.bonus.to(device=base.rewards.device, dtype=base.rewards.dtype)
@@ -227,3 +219,6 @@ class Care(Algorithm):
             "care/bonus_mean": float(out.bonus.mean()) if n else 0.0,
         })
         return RolloutScores(rewards=new_rewards, metrics=metrics)
+
+
+__all__ = ["Care", "CareBonus", "CareConfig", "answer_confidence", "consistency_bonus", "group_units"]

@@ -11,10 +11,10 @@ mini-batch (ℓ = log π_θ(o_t | q, I), a = log π(o_t | q, I_mask)):
   minimised, so the policy is pushed to depend on the image: ∂/∂ℓ [−γ k3] = −γ (1 − e^{a−ℓ}).
   The paper writes the inverse ratio r^prcp = π/π_mask (§9.1); the code's version is used.
 - a is, by default, the OLD policy's masked-image log-prob, computed once before the update
-  without grad (``view/papo_mask/old_logprobs``): the code's ``RECOMPUTE_AUG_LOG_PROBS=False``.
+  without grad (``views["papo_mask"].old_logprobs``): the code's ``RECOMPUTE_AUG_LOG_PROBS=False``.
   Then the η_aug term has no gradient and is effectively a metric (§9.2, §9.3).
   ``papo.recompute_with_grad`` is the paper's reading: a is recomputed with the current policy
-  in every micro-batch, WITH grad (``view/papo_mask/logprobs``), so both KL_prcp and the
+  in every micro-batch, WITH grad (``views["papo_mask"].logprobs``), so both KL_prcp and the
   η_aug term also train the masked-image branch.
 - The entropy terms are the NLL of the sampled tokens with a + sign: an entropy PENALTY
   (the paper's −η·H with H = log π, written for a maximised objective).
@@ -23,7 +23,8 @@ mini-batch (ℓ = log π_θ(o_t | q, I), a = log π(o_t | q, I_mask)):
 - Optional, off by default (§2.1): a per-sequence token mask keeping KL_prcp ≥ its
   (1 − q)-quantile, then clipping KL_prcp to [0, kl_clip]; the code applies them in this order.
 
-Presets: ``configs/algorithm/papo.yaml`` (PAPO-G) and ``papo_d.yaml`` (PAPO-D), §2.4.
+Knobs: :class:`~rl_vlm.algorithms.papo_config.PapoConfig` (``algorithm.papo.*``; its defaults are
+PAPO-G's). Presets: ``configs/algorithm/papo.yaml`` (PAPO-G) and ``papo_d.yaml`` (PAPO-D), §2.4.
 
 Aggregation — where this deliberately differs from the authors. Every term is normalised with
 the mini-batch's GLOBAL denominators (:class:`~rl_vlm.algorithms.base.LossOutput` summing
@@ -46,24 +47,26 @@ ablation finds random masking better.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from rl_vlm.algorithms.base import Algorithm, LossInputs, LossTerm, ViewSpec
 from rl_vlm.algorithms.core import (
-    KL_KINDS,
     KLKind,
     aggregate,
     kl_estimate,
     masked_row_quantile,
 )
+from rl_vlm.algorithms.papo_config import PapoConfig
 from rl_vlm.algorithms.views import TileBlackening
-from rl_vlm.config import AlgorithmConfig
+
+if TYPE_CHECKING:
+    from rl_vlm.algorithms.context import StepContext
+    from rl_vlm.config import AlgorithmConfig
 
 VIEW = "papo_mask"
-"""Name of PAPO's masked-image view: its tensors are ``view/papo_mask/*`` in extras."""
+"""Name of PAPO's masked-image view: its outputs are ``views["papo_mask"]``."""
 
 
 def perception_kl(logprobs: torch.Tensor, view_logprobs: torch.Tensor, mask: torch.Tensor,
@@ -120,12 +123,12 @@ class Papo(Algorithm):
     """PAPO (§2): GRPO + implicit perception loss −γ·KL_prcp + double entropy penalty.
 
     See the module docstring for the objective, the code-vs-paper options and the aggregation.
-    Extras used:
+    Inputs read:
 
-    - learner side, input-aligned ``[n, T]``: ``view/papo_mask/old_logprobs`` (default) or
-      ``view/papo_mask/logprobs`` with grad (``papo.recompute_with_grad``); ``step`` and
-      ``total_steps`` under the annealing schedule.
-    - driver side: ``step``/``total_steps`` (only to report γ_t in :attr:`last_metrics`).
+    - learner side, input-aligned ``[n, T]``: ``inp.views["papo_mask"].old_logprobs`` (default)
+      or ``.logprobs`` with grad (``papo.recompute_with_grad``); ``inp.step`` and
+      ``inp.total_steps`` under the annealing schedule.
+    - driver side: ``ctx.step``/``ctx.total_steps`` (only to report γ_t in :meth:`step_metrics`).
 
     Loss-term metrics (summing contract, unweighted): ``papo/kl_prcp`` (agg of KL_prcp after
     the optional mask/clip), ``papo/entropy_ori`` (token-mean of −ℓ), ``papo/entropy_aug``
@@ -133,30 +136,10 @@ class Papo(Algorithm):
     """
 
     def __init__(self, cfg: AlgorithmConfig) -> None:
-        super().__init__(cfg)
+        super().__init__(cfg)  # cfg.papo validated itself (PapoConfig.__post_init__)
         p = cfg.papo
-        _check(p.gamma >= 0, "algorithm.papo.gamma must be >= 0", p.gamma)
-        _check(p.kl_estimator in KL_KINDS, f"algorithm.papo.kl_estimator must be one of {list(KL_KINDS)}",
-               p.kl_estimator)
-        _check(p.entropy_ori >= 0, "algorithm.papo.entropy_ori must be >= 0", p.entropy_ori)
-        _check(p.entropy_aug >= 0, "algorithm.papo.entropy_aug must be >= 0", p.entropy_aug)
-        _check(0 <= p.mask_prob <= 1, "algorithm.papo.mask_prob must be in [0, 1]", p.mask_prob)
-        _check(p.patch_size >= 1, "algorithm.papo.patch_size must be >= 1", p.patch_size)
-        _check(p.kl_clip >= 0, "algorithm.papo.kl_clip must be >= 0 (0 = off)", p.kl_clip)
-        _check(0 <= p.token_mask_quantile < 1, "algorithm.papo.token_mask_quantile must be in [0, 1) (0 = off)",
-               p.token_mask_quantile)
-        _check(p.schedule in ("fixed", "annealing"), "algorithm.papo.schedule must be 'fixed' or 'annealing'",
-               p.schedule)
-        if p.schedule == "annealing":
-            # ρ_t = γ_t / γ scales the entropy terms, so γ itself must be positive.
-            _check(p.gamma > 0, "algorithm.papo.gamma must be > 0 with schedule=annealing", p.gamma)
-            _check(p.gamma_start is None or p.gamma_start >= 0, "algorithm.papo.gamma_start must be >= 0",
-                   p.gamma_start)
-            _check(p.gamma_end >= 0, "algorithm.papo.gamma_end must be >= 0", p.gamma_end)
-            _check(p.annealing_ratio > 0, "algorithm.papo.annealing_ratio must be > 0", p.annealing_ratio)
         self._papo_transform = TileBlackening(patch_size=p.patch_size, prob=p.mask_prob)
-        if not hasattr(self, "last_metrics"):
-            self.last_metrics: dict[str, float] = {}
+        self._papo_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ hook 1
     def views(self) -> tuple[ViewSpec, ...]:
@@ -167,27 +150,26 @@ class Papo(Algorithm):
         return (*super().views(), own)
 
     # ------------------------------------------------------------------ hook 3 (bookkeeping only)
-    def compute_advantages(self, rewards: torch.Tensor, group_size: int, response_mask: torch.Tensor,
-                           extras: Mapping[str, Any]) -> torch.Tensor:
-        """Unchanged advantages (PAPO only adds loss terms); records this step's γ_t and ρ_t in
-        :attr:`last_metrics` as ``papo/gamma`` and ``papo/entropy_scale`` (driver side, where a
+    def compute_advantages(self, rewards: torch.Tensor, group_size: int, ctx: StepContext) -> torch.Tensor:
+        """Unchanged advantages (PAPO only adds loss terms); records this step's γ_t and ρ_t for
+        :meth:`step_metrics` as ``papo/gamma`` and ``papo/entropy_scale`` (driver side, where a
         step-level scalar can be logged as is)."""
-        adv = super().compute_advantages(rewards, group_size, response_mask, extras)
-        gamma = self.gamma_at(extras)
-        self.last_metrics.update({"papo/gamma": gamma, "papo/entropy_scale": self._entropy_scale(gamma)})
+        adv = super().compute_advantages(rewards, group_size, ctx)
+        gamma = self.gamma_at(ctx.step, ctx.total_steps)
+        self._papo_metrics = {"papo/gamma": gamma, "papo/entropy_scale": self._entropy_scale(gamma)}
         return adv
 
+    def step_metrics(self) -> dict[str, float]:
+        return {**super().step_metrics(), **self._papo_metrics}
+
     # ------------------------------------------------------------------ hook 5
-    def gamma_at(self, extras: Mapping[str, Any]) -> float:
-        """γ_t for the step in ``extras`` (``step``/``total_steps`` are needed only when annealing)."""
+    def gamma_at(self, step: int, total_steps: int) -> float:
+        """γ_t at ``step`` of ``total_steps`` (both matter only when annealing)."""
         p = self.cfg.papo
         if p.schedule == "fixed":
             return p.gamma
-        if "step" not in extras or "total_steps" not in extras:
-            raise KeyError("algorithm.papo.schedule=annealing needs extras 'step' and 'total_steps'")
         start = p.gamma if p.gamma_start is None else p.gamma_start
-        return annealed_gamma(int(extras["step"]), int(extras["total_steps"]), start, p.gamma_end,
-                              p.annealing_ratio)
+        return annealed_gamma(step, total_steps, start, p.gamma_end, p.annealing_ratio)
 
     def _entropy_scale(self, gamma: float) -> float:
         # The code's discount ratio kl_prcp_coef_t / kl_prcp_coef (1 without annealing).
@@ -200,15 +182,16 @@ class Papo(Algorithm):
         are logged in every configuration.
         """
         p = self.cfg.papo
-        key = f"view/{VIEW}/logprobs" if p.recompute_with_grad else f"view/{VIEW}/old_logprobs"
-        if key not in inp.extras:
-            raise KeyError(f"PAPO needs LossInputs.extras[{key!r}] (the {VIEW!r} view's log-probs, "
-                           f"input-aligned [n, T]); got keys {sorted(inp.extras)}")
-        aug = inp.extras[key]
+        which = "logprobs" if p.recompute_with_grad else "old_logprobs"
+        view = inp.views.get(VIEW)
+        aug = None if view is None else getattr(view, which)
+        if aug is None:
+            raise KeyError(f"PAPO needs LossInputs.views[{VIEW!r}].{which} (the masked view's log-probs, "
+                           f"input-aligned [n, T]); got views {sorted(inp.views)}")
         if not p.recompute_with_grad:
             aug = aug.detach()
         mask = inp.response_mask
-        gamma = self.gamma_at(inp.extras)
+        gamma = self.gamma_at(inp.step, inp.total_steps)
         rho = self._entropy_scale(gamma)
 
         kl_tok = perception_kl(inp.logprobs, aug, mask, p.kl_estimator, p.kl_clip, p.token_mask_quantile)
@@ -232,9 +215,4 @@ class Papo(Algorithm):
         return [*super().extra_loss_terms(inp), *own]
 
 
-def _check(ok: bool, message: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{message}, got {value!r}")
-
-
-__all__ = ["VIEW", "Papo", "annealed_gamma", "perception_kl", "quantile_token_mask"]
+__all__ = ["VIEW", "Papo", "PapoConfig", "annealed_gamma", "perception_kl", "quantile_token_mask"]

@@ -32,10 +32,10 @@ Two readings, chosen by ``algorithm.vogue.mode`` (§5.1 vs §5.2, §9.12–15):
         Â_raw = A + g_out,   Â_noi = A + g_out + g_per
 
     u_per = ½[KL(p‖q) + KL(q‖p)] between the full next-token distributions (the framework's
-    ``view/vogue_noisy/kl`` and ``kl_rev``). u_out should be the full-vocabulary entropy, which
-    the driver does not provide: the sampled-token entropy −p·log p of each sequence's own
+    ``ctx.views["vogue_noisy"].kl`` and ``kl_rev``). u_out should be the full-vocabulary entropy,
+    which the driver does not provide: the sampled-token entropy −p·log p of each sequence's own
     old log-probs stands in for it (a framework requirement to be exact: a driver-side
-    ``entropy`` [N, L] extra). :meth:`Vogue.select_for_update` then draws z_i ~ Bernoulli(p_noi)
+    ``entropy`` [N, L] field of the step context). :meth:`Vogue.select_for_update` then draws z_i ~ Bernoulli(p_noi)
     per raw sample and keeps the raw sequence i or its noisy counterpart (same prompt, same
     sample slot).
 
@@ -44,27 +44,32 @@ mode), A < 0 shrinks toward 0 but keeps its sign, and A = 0 (zero-variance group
 
 Not ported: the code's ``enable_kl_transition`` (off in every script) and the
 ``use_forward_kl_only`` ablation (reported unstable). The tensor functions need torch only;
-the transform imports PIL when called.
+the transform imports PIL when called. Knobs: :class:`~rl_vlm.algorithms.vogue_config.VogueConfig`
+(``algorithm.vogue.*``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from rl_vlm.algorithms.base import Algorithm, ViewSpec
+from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.algorithms.core import masked_mean
-from rl_vlm.config import AlgorithmConfig, ConfigError
+from rl_vlm.algorithms.vogue_config import VogueConfig
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from rl_vlm.algorithms.context import StepContext
+    from rl_vlm.config import AlgorithmConfig
+
 VIEW_NAME = "vogue_noisy"
-"""The noisy view's name: its tensors are ``view/vogue_noisy/*`` in extras."""
+"""The noisy view's name: its outputs are ``views["vogue_noisy"]``."""
 
 # §5.2.4: the code adds 1e-8 inside both logs of the sampled-token symmetric KL.
 PROB_EPS = 1e-8
@@ -251,10 +256,14 @@ def noisy_counterpart_indices(use_noisy: torch.Tensor) -> torch.Tensor:
     return idx + num_raw * use_noisy.to(torch.long).cpu()
 
 
-def _need(extras: Mapping[str, Any], key: str) -> Any:
-    if key not in extras:
-        raise KeyError(f"VOGUE needs extras[{key!r}] from the driver (see rl_vlm.algorithms.base)")
-    return extras[key]
+def _noisy_view(views: Mapping[str, ViewOutputs], which: str) -> torch.Tensor:
+    """``views["vogue_noisy"].<which>``, or a KeyError naming the missing input."""
+    view = views.get(VIEW_NAME)
+    value = None if view is None else getattr(view, which)
+    if value is None:
+        raise KeyError(f"VOGUE needs StepContext.views[{VIEW_NAME!r}].{which} from the driver "
+                       f"(see rl_vlm.algorithms.base); got views {sorted(views)}")
+    return value
 
 
 class Vogue(Algorithm):
@@ -264,12 +273,12 @@ class Vogue(Algorithm):
     Hooks: :meth:`views` (+ the noisy view), :meth:`rollout_views` (paper mode),
     :meth:`compute_advantages` (shapes ``super()``'s), :meth:`select_for_update` (paper mode).
 
-    Driver-side extras read: ``old_logprobs``, ``step``, ``total_steps``; code mode
-    ``view/vogue_noisy/old_logprobs``; paper mode ``view/vogue_noisy/kl``, ``kl_rev`` and
-    ``branch``.
+    Step context read: ``old_logprobs``, ``step``, ``total_steps``; code mode
+    ``views["vogue_noisy"].old_logprobs``; paper mode ``views["vogue_noisy"].kl``, ``kl_rev``
+    and ``branch``.
 
     Metrics: :meth:`compute_advantages` returns a tensor, so its statistics go to
-    :attr:`last_metrics` (overwritten every step; the framework logs it after the advantage
+    :meth:`step_metrics` (overwritten every step; the framework logs them after the advantage
     and selection hooks): ``vogue/uncertainty`` (token-mean u over the step's valid tokens),
     ``vogue/branch_prob`` (p), ``vogue/used_noisy`` (code: 1.0/0.0 for the step's draw; paper:
     the share of raw samples whose noisy counterpart :meth:`select_for_update` keeps — the same
@@ -277,36 +286,18 @@ class Vogue(Algorithm):
     ``vogue/perceptual_bonus`` and ``vogue/entropy_bonus`` (token-means of the added terms).
     """
 
-    last_metrics: dict[str, float]
-
     def __init__(self, cfg: AlgorithmConfig) -> None:
         super().__init__(cfg)
-        v = cfg.vogue
-        for key, value, ok, what in (
-            ("noise_std", v.noise_std, v.noise_std >= 0, ">= 0"),
-            ("augmentation_strength", v.augmentation_strength, v.augmentation_strength >= 0, ">= 0"),
-            ("rotation_degrees", v.rotation_degrees, 0 <= v.rotation_degrees <= 180, "in [0, 180]"),
-            ("beta_p", v.beta_p, v.beta_p > 0, "> 0"),
-            ("alpha_o", v.alpha_o, v.alpha_o >= 0, ">= 0"),
-            ("beta_o", v.beta_o, v.beta_o > 0, "> 0"),
-            ("fixed_prob", v.fixed_prob, 0 <= v.fixed_prob <= 1, "in [0, 1]"),
-            ("seed", v.seed, v.seed >= 0, ">= 0"),
-        ):
-            if not ok:
-                raise ConfigError(f"algorithm.vogue.{key}: must be {what}, got {value}")
-        if v.mode not in ("code", "paper"):
-            raise ConfigError(f"algorithm.vogue.mode: {v.mode!r} is not one of ['code', 'paper']")
-        if v.schedule not in ("adaptive", "fixed"):
-            raise ConfigError(f"algorithm.vogue.schedule: {v.schedule!r} is not one of ['adaptive', 'fixed']")
-        if v.mode == "paper" and v.alpha_p < 0:
-            raise ConfigError(f"algorithm.vogue.alpha_p: paper mode needs alpha_p >= 0 (g_per is a capped "
-                              f"bonus), got {v.alpha_p}")
+        v = cfg.vogue  # validated itself (VogueConfig.__post_init__)
         self._view = ViewSpec(
             name=VIEW_NAME, with_grad=False,
             transform=NoisyImageTransform(v.noise_std, v.augmentation_strength, v.rotation_degrees),
             per_response=False, full_kl=v.mode == "paper")
-        # Cooperative: keep metrics another composed variant may already have put here.
-        self.last_metrics = dict(getattr(self, "last_metrics", {}))
+        self._vogue_metrics: dict[str, float] = {}
+
+    @classmethod
+    def has_rollout_views(cls, cfg: AlgorithmConfig) -> bool:
+        return super().has_rollout_views(cfg) or cfg.vogue.mode == "paper"
 
     # ------------------------------------------------------------------ hook 1
     def views(self) -> tuple[ViewSpec, ...]:
@@ -321,27 +312,26 @@ class Vogue(Algorithm):
         return 1 + [s.name for s in self.rollout_views()].index(VIEW_NAME)
 
     # ------------------------------------------------------------------ hook 3
-    def compute_advantages(self, rewards: torch.Tensor, group_size: int, response_mask: torch.Tensor,
-                           extras: Mapping[str, Any]) -> torch.Tensor:
+    def compute_advantages(self, rewards: torch.Tensor, group_size: int, ctx: StepContext) -> torch.Tensor:
         """``super()``'s advantages with the VOGUE bonuses (§5.2.4–5 in code mode, §5.1 in paper mode)."""
-        adv = super().compute_advantages(rewards, group_size, response_mask, extras)
+        adv = super().compute_advantages(rewards, group_size, ctx)
         v = self.cfg.vogue
-        mask = response_mask.to(device=adv.device, dtype=adv.dtype)
-        step, total = int(_need(extras, "step")), int(_need(extras, "total_steps"))
+        mask = ctx.response_mask.to(device=adv.device, dtype=adv.dtype)
+        step, total = ctx.step, ctx.total_steps
         prob = branch_probability(step, total, v.schedule, v.fixed_prob)
-        old = _need(extras, "old_logprobs").to(device=adv.device, dtype=adv.dtype)
+        old = ctx.old_logprobs.to(device=adv.device, dtype=adv.dtype)
 
         if v.mode == "code":
-            aug = _need(extras, f"view/{VIEW_NAME}/old_logprobs").to(device=adv.device, dtype=adv.dtype)
+            aug = _noisy_view(ctx.views, "old_logprobs").to(device=adv.device, dtype=adv.dtype)
             use_aug = draw_code_branch(step, prob, v.seed)
             shaped, parts = shape_advantages_code(adv, old, aug, mask, use_aug, v.alpha_p, v.beta_p,
                                                   v.entropy_shaping, v.alpha_o, v.beta_o)
             uncertainty, perceptual, ent = parts["uncertainty"], parts["perceptual"], parts["entropy"]
             used_noisy = float(use_aug)
         else:
-            branch = _need(extras, "branch").to(adv.device)
-            kl = _need(extras, f"view/{VIEW_NAME}/kl").to(device=adv.device, dtype=adv.dtype)
-            kl_rev = _need(extras, f"view/{VIEW_NAME}/kl_rev").to(device=adv.device, dtype=adv.dtype)
+            branch = ctx.branch.to(adv.device)
+            kl = _noisy_view(ctx.views, "kl").to(device=adv.device, dtype=adv.dtype)
+            kl_rev = _noisy_view(ctx.views, "kl_rev").to(device=adv.device, dtype=adv.dtype)
             uncertainty = torch.where(mask.bool(), 0.5 * (kl + kl_rev), torch.zeros_like(kl))
             # Full-vocabulary entropy is not provided driver-side: sampled-token stand-in.
             entropy = sampled_token_entropy(old, mask)
@@ -354,30 +344,36 @@ class Vogue(Algorithm):
             used_noisy = float(draw_paper_branches(step, prob, num_raw, v.seed).double().mean()) if num_raw else 0.0
 
         stats = torch.stack([masked_mean(t.double(), mask.double()) for t in (uncertainty, perceptual, ent)]).tolist()
-        self.last_metrics.update({
+        self._vogue_metrics = {
             "vogue/uncertainty": stats[0], "vogue/perceptual_bonus": stats[1], "vogue/entropy_bonus": stats[2],
             "vogue/branch_prob": prob, "vogue/used_noisy": used_noisy,
-        })
+        }
         return shaped
 
-    def select_for_update(self, advantages: torch.Tensor, group_size: int,
-                          extras: Mapping[str, Any]) -> torch.Tensor | None:
+    def step_metrics(self) -> dict[str, float]:
+        return {**super().step_metrics(), **self._vogue_metrics}
+
+    def select_for_update(self, advantages: torch.Tensor, group_size: int, ctx: StepContext) -> torch.Tensor | None:
         """Paper mode: per raw sample i, z_i ~ Bernoulli(p_noi) keeps its noisy counterpart (same
         prompt, same sample slot) instead of i (Algorithm 1). Code mode: all sequences (None)."""
-        other = super().select_for_update(advantages, group_size, extras)
+        other = super().select_for_update(advantages, group_size, ctx)
         if self.cfg.vogue.mode != "paper":
             return other
         if other is not None:
             raise ValueError("VOGUE paper mode cannot compose with another variant that selects sequences")
         v = self.cfg.vogue
-        branch = _need(extras, "branch").cpu()
+        branch = ctx.branch.cpu()
         noisy_id = self._noisy_branch_id()
         num_raw = int((branch == 0).sum())
         expected = torch.cat([torch.zeros(num_raw, dtype=branch.dtype),
                               torch.full((num_raw,), noisy_id, dtype=branch.dtype)])
         if branch.shape != expected.shape or not torch.equal(branch, expected):
-            raise ValueError("VOGUE paper mode expects extras['branch'] laid out as [raw sequences, noisy "
+            raise ValueError("VOGUE paper mode expects StepContext.branch laid out as [raw sequences, noisy "
                              f"sequences] of equal counts (0s then {noisy_id}s)")
-        step = int(_need(extras, "step"))
-        prob = branch_probability(step, int(_need(extras, "total_steps")), v.schedule, v.fixed_prob)
-        return noisy_counterpart_indices(draw_paper_branches(step, prob, num_raw, v.seed))
+        prob = branch_probability(ctx.step, ctx.total_steps, v.schedule, v.fixed_prob)
+        return noisy_counterpart_indices(draw_paper_branches(ctx.step, prob, num_raw, v.seed))
+
+
+__all__ = ["VIEW_NAME", "NoisyImageTransform", "Vogue", "VogueConfig", "branch_probability", "draw_code_branch",
+           "draw_paper_branches", "noisy_counterpart_indices", "sampled_token_entropy", "sampled_token_symmetric_kl",
+           "shape_advantages_code", "shape_advantages_paper"]

@@ -9,7 +9,7 @@ three changes driven by that dependency (§3.1, the authors' ``dp_actor.update_p
   the k3 estimate on the sampled token with OLD-policy log-probs (ℓ_old on the original image,
   a on the perturbed one). Fixed during the update. ``vppo.dependency="full_kl"`` is the paper's
   reading (§9.6): the exact KL(P ‖ P′) of the full next-token distributions, which the
-  framework computes for views with ``full_kl`` (``view/vppo_mask/kl``).
+  framework computes for views with ``full_kl`` (``views["vppo_mask"].kl``).
 - Trajectory-level Advantage Shaping (TAS, driver side, :meth:`Vppo.compute_advantages`):
   S̄_i = token-mean of S over response i; n_i = clamp((S̄_i − lo)/(hi − lo), 0, 1);
   μ = mean of n over the unit's valid sequences; β_max = β_min + (1 − β_min)/(μ + 1e-8);
@@ -24,33 +24,34 @@ three changes driven by that dependency (§3.1, the authors' ``dp_actor.update_p
 
 Statistic units (``vppo.stats_scope``). The code takes lo/hi over each rank's mini-batch and μ
 over each micro-batch (§3.5: results depend on the micro-batch size and the number of ranks).
-``micro_batch`` (default) reproduces that from the driver-side extras ``device_mini_batches``
-and ``micro_batches`` (global sequence indices of each unit); ``global`` takes lo, hi and μ
+``micro_batch`` (default) reproduces that from the step context's ``device_mini_batches`` and
+``micro_batches`` (global sequence indices of each unit); ``global`` takes lo, hi and μ
 over all the step's valid sequences, independent of how the update is partitioned.
 
 In the code TAS runs only together with TGF (``use_vppo_on_perception``); here the two switches
 (``advantage_shaping``, ``token_filtering``) are independent.
 
-Extras (see :mod:`rl_vlm.algorithms.base`):
+Inputs read (see :mod:`rl_vlm.algorithms.base`):
 
-- driver side, response-aligned ``[N, L]``: ``old_logprobs`` and ``view/vppo_mask/old_logprobs``
-  (``sampled_k3``) or ``view/vppo_mask/kl`` (``full_kl``); ``device_mini_batches`` and
-  ``micro_batches`` with ``stats_scope="micro_batch"``.
-- learner side, input-aligned ``[n, T]``: ``view/vppo_mask/old_logprobs`` (with
-  :attr:`LossInputs.old_logprobs`) for ``sampled_k3``. **For** ``full_kl`` **the framework must
-  also pass** ``view/vppo_mask/kl`` **input-aligned in** :attr:`LossInputs.extras` (the
-  per-token exact KL of the no-grad pre-update pass), so TGF ranks tokens by the same
-  dependency as TAS.
+- driver side, response-aligned ``[N, L]``: ``ctx.old_logprobs`` and
+  ``ctx.views["vppo_mask"].old_logprobs`` (``sampled_k3``) or ``.kl`` (``full_kl``);
+  ``ctx.device_mini_batches`` and ``ctx.micro_batches`` with ``stats_scope="micro_batch"``.
+- learner side, input-aligned ``[n, T]``: ``inp.views["vppo_mask"].old_logprobs`` (with
+  :attr:`LossInputs.old_logprobs`) for ``sampled_k3``, ``.kl`` (the per-token exact KL of the
+  no-grad pre-update pass) for ``full_kl``, so TGF ranks tokens by the same dependency as TAS.
+
+Knobs: :class:`~rl_vlm.algorithms.vppo_config.VppoConfig` (``algorithm.vppo.*``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from rl_vlm.algorithms.base import Algorithm, LossInputs, LossTerm, ViewSpec
+from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.algorithms.core import (
     K3_VALUE_CLAMP,
     LOG_RATIO_CLAMP,
@@ -58,10 +59,14 @@ from rl_vlm.algorithms.core import (
     masked_sum,
 )
 from rl_vlm.algorithms.views import TileBlackening
-from rl_vlm.config import AlgorithmConfig
+from rl_vlm.algorithms.vppo_config import VppoConfig
+
+if TYPE_CHECKING:
+    from rl_vlm.algorithms.context import StepContext
+    from rl_vlm.config import AlgorithmConfig
 
 VIEW = "vppo_mask"
-"""Name of VPPO's perturbed-image view: its tensors are ``view/vppo_mask/*`` in extras."""
+"""Name of VPPO's perturbed-image view: its outputs are ``views["vppo_mask"]``."""
 
 RANGE_EPS = 1e-6
 """TAS is skipped (α ≡ 1) when hi − lo ≤ this (the code's threshold, §3.1)."""
@@ -211,34 +216,23 @@ def _indices(members: Sequence[int], n: int, device: torch.device) -> torch.Tens
 class Vppo(Algorithm):
     """VPPO (§3): GRPO + TAS on the advantages, TGF on the PG tokens, an entropy penalty.
 
-    See the module docstring for the math and the extras each side needs.
+    See the module docstring for the math and the inputs each side reads.
 
     Loss-term metrics (summing contract): ``vppo/entropy_penalty`` (token-mean of −ℓ,
     unweighted), ``vppo/dependency_mean`` (token-mean of S_t), ``vppo/kept_frac`` (fraction of
     valid tokens that TGF keeps; 1 with filtering off).
 
     Driver-side statistics of the last :meth:`compute_advantages` call are in
-    :attr:`last_metrics` (plain floats, logged by the framework as given):
+    :meth:`step_metrics` (plain floats, logged by the framework as given):
     ``vppo/alpha_min``/``alpha_max``/``alpha_mean`` over the valid sequences and
-    ``vppo/traj_dependency_mean`` (their mean S̄); left unchanged when shaping is off.
+    ``vppo/traj_dependency_mean`` (their mean S̄); none when shaping is off.
     """
 
     def __init__(self, cfg: AlgorithmConfig) -> None:
         super().__init__(cfg)
-        v = cfg.vppo
-        _check(0 <= v.mask_prob <= 1, "algorithm.vppo.mask_prob must be in [0, 1]", v.mask_prob)
-        _check(v.patch_size >= 1, "algorithm.vppo.patch_size must be >= 1", v.patch_size)
-        _check(v.dependency in ("sampled_k3", "full_kl"),
-               "algorithm.vppo.dependency must be 'sampled_k3' or 'full_kl'", v.dependency)
-        # β_min > 1 would still preserve the mean but give LESS weight to image-dependent responses.
-        _check(0 <= v.beta_min <= 1, "algorithm.vppo.beta_min must be in [0, 1]", v.beta_min)
-        _check(0 < v.top_p_tokens <= 1, "algorithm.vppo.top_p_tokens must be in (0, 1]", v.top_p_tokens)
-        _check(v.entropy_penalty >= 0, "algorithm.vppo.entropy_penalty must be >= 0", v.entropy_penalty)
-        _check(v.stats_scope in ("micro_batch", "global"),
-               "algorithm.vppo.stats_scope must be 'micro_batch' or 'global'", v.stats_scope)
+        v = cfg.vppo  # validated itself (VppoConfig.__post_init__)
         self._vppo_transform = TileBlackening(patch_size=v.patch_size, prob=v.mask_prob)
-        if not hasattr(self, "last_metrics"):
-            self.last_metrics: dict[str, float] = {}
+        self._vppo_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ hook 1
     def views(self) -> tuple[ViewSpec, ...]:
@@ -247,45 +241,35 @@ class Vppo(Algorithm):
                        full_kl=self.cfg.vppo.dependency == "full_kl")
         return (*super().views(), own)
 
-    def _dependency(self, old_logprobs: torch.Tensor | None, extras: Mapping[str, Any], side: str) -> torch.Tensor:
+    def _dependency(self, old_logprobs: torch.Tensor, views: Mapping[str, ViewOutputs], side: str) -> torch.Tensor:
         if self.cfg.vppo.dependency == "full_kl":
-            key = f"view/{VIEW}/kl"
-            _require_key(extras, key, side)
             # Exact KL is ≥ 0; the clamp only removes round-off below zero.
-            return extras[key].detach().clamp_min(0.0)
-        key = f"view/{VIEW}/old_logprobs"
-        _require_key(extras, key, side)
-        assert old_logprobs is not None
-        return token_dependency(old_logprobs, extras[key])
+            return _view_tensor(views, "kl", side).detach().clamp_min(0.0)
+        return token_dependency(old_logprobs, _view_tensor(views, "old_logprobs", side))
 
     # ------------------------------------------------------------------ hook 3: TAS
-    def compute_advantages(self, rewards: torch.Tensor, group_size: int, response_mask: torch.Tensor,
-                           extras: Mapping[str, Any]) -> torch.Tensor:
+    def compute_advantages(self, rewards: torch.Tensor, group_size: int, ctx: StepContext) -> torch.Tensor:
         """super()'s advantages × α_i (TAS, §3.1); unchanged when ``advantage_shaping`` is off.
 
-        Driver side: ``response_mask`` and the extras are response-aligned ``[N, L]``.
+        Driver side: every ``ctx`` tensor is response-aligned ``[N, L]``.
         """
-        adv = super().compute_advantages(rewards, group_size, response_mask, extras)
+        adv = super().compute_advantages(rewards, group_size, ctx)
         v = self.cfg.vppo
         if not v.advantage_shaping:
             return adv
-        if v.dependency == "sampled_k3":
-            _require_key(extras, "old_logprobs", "driver")
-        mask = response_mask.to(adv.device).float()
-        dep = self._dependency(extras.get("old_logprobs"), extras, "driver").to(adv.device).float()
+        mask = ctx.response_mask.to(adv.device).float()
+        dep = self._dependency(ctx.old_logprobs, ctx.views, "driver").to(adv.device).float()
         seq_dep = trajectory_dependency(dep, mask)
         valid = mask.sum(-1) > 0
         if v.stats_scope == "global":
             alpha = trajectory_scaling(seq_dep, valid, v.beta_min)
         else:
-            for key in ("micro_batches", "device_mini_batches"):
-                if key not in extras:
-                    raise KeyError(f"algorithm.vppo.stats_scope='micro_batch' needs driver extras {key!r} "
-                                   "(the update's statistic units); set stats_scope=global otherwise")
-            alpha = trajectory_scaling(seq_dep, valid, v.beta_min, extras["micro_batches"],
-                                       extras["device_mini_batches"])
+            alpha = trajectory_scaling(seq_dep, valid, v.beta_min, ctx.micro_batches, ctx.device_mini_batches)
         self._record(alpha, seq_dep, valid)
         return adv * alpha.to(adv.dtype).unsqueeze(-1)
+
+    def step_metrics(self) -> dict[str, float]:
+        return {**super().step_metrics(), **self._vppo_metrics}
 
     def _record(self, alpha: torch.Tensor, seq_dep: torch.Tensor, valid: torch.Tensor) -> None:
         a = alpha[valid]
@@ -295,11 +279,11 @@ class Vppo(Algorithm):
         else:
             stats = {"vppo/alpha_min": float(a.min()), "vppo/alpha_max": float(a.max()),
                      "vppo/alpha_mean": float(a.mean()), "vppo/traj_dependency_mean": float(seq_dep[valid].mean())}
-        self.last_metrics.update(stats)
+        self._vppo_metrics = stats
 
     # ------------------------------------------------------------------ hook 4: TGF
     def _keep_mask(self, inp: LossInputs) -> torch.Tensor:
-        dep = self._dependency(inp.old_logprobs, inp.extras, "learner")
+        dep = self._dependency(inp.old_logprobs, inp.views, "learner")
         return top_fraction_mask(dep, inp.response_mask, self.cfg.vppo.top_p_tokens)
 
     def token_weights(self, inp: LossInputs) -> torch.Tensor | None:
@@ -318,7 +302,7 @@ class Vppo(Algorithm):
         num_tokens = max(float(inp.num_tokens), 1.0)
         penalty = aggregate(-inp.logprobs, mask, "token-mean", inp.num_tokens, inp.num_seqs, inp.max_response_len)
         with torch.no_grad():
-            dep = self._dependency(inp.old_logprobs, inp.extras, "learner")
+            dep = self._dependency(inp.old_logprobs, inp.views, "learner")
             keep = self._keep_mask(inp) if self.cfg.vppo.token_filtering else mask.bool()
             metrics = {"vppo/dependency_mean": masked_sum(dep.to(mask.dtype), mask) / num_tokens,
                        "vppo/kept_frac": masked_sum(keep.to(mask.dtype), mask) / num_tokens}
@@ -327,17 +311,16 @@ class Vppo(Algorithm):
         return [*super().extra_loss_terms(inp), own]
 
 
-def _require_key(extras: Mapping[str, Any], key: str, side: str) -> None:
-    if key not in extras:
-        where = "the driver-side extras ([N, L], response-aligned)" if side == "driver" else \
-            "LossInputs.extras ([n, T], input-aligned)"
-        raise KeyError(f"VPPO needs {key!r} in {where}; got keys {sorted(extras)}")
+def _view_tensor(views: Mapping[str, ViewOutputs], which: str, side: str) -> torch.Tensor:
+    """``views[VIEW].<which>``, or a KeyError naming the missing input."""
+    view = views.get(VIEW)
+    value = None if view is None else getattr(view, which)
+    if value is None:
+        where = "StepContext.views ([N, L], response-aligned)" if side == "driver" else \
+            "LossInputs.views ([n, T], input-aligned)"
+        raise KeyError(f"VPPO needs views[{VIEW!r}].{which} in {where}; got views {sorted(views)}")
+    return value
 
 
-def _check(ok: bool, message: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{message}, got {value!r}")
-
-
-__all__ = ["VIEW", "Vppo", "dependency_range", "micro_batch_scaling", "token_dependency", "top_fraction_mask",
-           "trajectory_dependency", "trajectory_scaling", "vppo_shape"]
+__all__ = ["VIEW", "Vppo", "VppoConfig", "dependency_range", "micro_batch_scaling", "token_dependency",
+           "top_fraction_mask", "trajectory_dependency", "trajectory_scaling", "vppo_shape"]

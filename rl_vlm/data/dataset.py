@@ -26,7 +26,12 @@ from types import MappingProxyType
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from rl_vlm.batch import Prompt
-from rl_vlm.data.images import load_image, num_visual_tokens, resize_image, validate_image_spec
+from rl_vlm.data.images import (
+    load_image,
+    num_visual_tokens,
+    resize_image,
+    validate_image_spec,
+)
 from rl_vlm.data.prompt import render_prompt, user_text
 
 log = logging.getLogger("rl_vlm.data")

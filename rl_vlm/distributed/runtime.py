@@ -74,7 +74,7 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
     if ray.is_initialized():
         return
     env = dict(ACTOR_ENV)
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(cfg.rollout.kv_cache_gib))))
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.rollout.kv_cache_gib)))
     runtime_env = {"env_vars": env}
     if cfg.cluster.address == "local":
         cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
@@ -92,7 +92,8 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
         ray.init(address=cfg.cluster.address, runtime_env=runtime_env, log_to_driver=cfg.cluster.log_to_driver)
 
 
-def _placement_group(bundles: list[dict[str, float]], name: str) -> Any:
+def create_placement_group(bundles: list[dict[str, float]], name: str) -> Any:
+    """A PACK placement group of ``bundles``, once Ray has reserved them (RuntimeError after 120 s)."""
     import ray
     from ray.util.placement_group import placement_group
 
@@ -105,7 +106,8 @@ def _placement_group(bundles: list[dict[str, float]], name: str) -> Any:
     return pg
 
 
-def _strategy(pg: Any, index: int) -> Any:
+def bundle_strategy(pg: Any, index: int) -> Any:
+    """The scheduling strategy that pins an actor to bundle ``index`` of ``pg``."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 

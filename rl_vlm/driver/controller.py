@@ -22,8 +22,6 @@ from rl_vlm.checkpoint.resume import resume_point, write_resolved_config
 from rl_vlm.checkpoint.state import restore_checkpoint, save_checkpoint
 from rl_vlm.checkpoint.store import CheckpointStore
 from rl_vlm.config import Config, to_dict
-from rl_vlm.driver.rollout_phase import rollout_and_score
-from rl_vlm.driver.sft import sft_step
 from rl_vlm.distributed.pools import WorkerFailure
 from rl_vlm.driver.evaluation import run_validation
 from rl_vlm.driver.experience import (
@@ -34,6 +32,8 @@ from rl_vlm.driver.experience import (
     response_views,
 )
 from rl_vlm.driver.metrics import response_stats
+from rl_vlm.driver.rollout_phase import rollout_and_score
+from rl_vlm.driver.sft import sft_step
 from rl_vlm.driver.signals import install_stop_handler
 from rl_vlm.driver.system import System, build_system
 from rl_vlm.driver.tracking import PhaseTimer, Tracker

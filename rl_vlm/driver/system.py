@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rl_vlm import seeds
 from rl_vlm.batch import Prompt
 from rl_vlm.config import Config
-from rl_vlm.driver.curriculum import Curriculum
 from rl_vlm.distributed.interfaces import LearnerPool, RolloutPool
+from rl_vlm.driver.curriculum import Curriculum
 from rl_vlm.rewards.manager import RewardManager
 from rl_vlm.validation import resolve_device
 
@@ -49,7 +50,8 @@ def build_system(cfg: Config, with_learners: bool = True) -> System:
     val = RowDataset(d.val_files, processor, d.prompt_template, m.min_pixels, m.max_pixels, d.max_prompt_length)
     # A fixed, seeded random subset: files such as easy-VQA list ~10 questions per image in a
     # row, so the first N rows would cover only N/10 images.
-    val_prompts = PromptSampler(val, min(d.val_size, len(val)), seed=0, shuffle=True).next_batch()
+    val_prompts = PromptSampler(val, min(d.val_size, len(val)), seed=seeds.VALIDATION,
+                                shuffle=True).next_batch()
     device = resolve_device(cfg.cluster.device)
     layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
     start_ray(cfg, layout)

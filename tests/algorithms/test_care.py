@@ -9,8 +9,13 @@ import math
 import pytest
 import torch
 
-from rl_vlm.algorithms import Algorithm, EmaSpec, build_algorithm
-from rl_vlm.algorithms.care import Care, answer_confidence, consistency_bonus, group_units
+from rl_vlm.algorithms import Algorithm, EmaSpec, StepContext, build_algorithm
+from rl_vlm.algorithms.care import (
+    Care,
+    answer_confidence,
+    consistency_bonus,
+    group_units,
+)
 from rl_vlm.algorithms.core import group_advantages
 from rl_vlm.config import AlgorithmConfig, CareConfig, ConfigError
 
@@ -19,14 +24,24 @@ def _cfg(**care: object) -> AlgorithmConfig:
     return AlgorithmConfig(name="care", adv_eps=1e-4, care=CareConfig(**care))  # type: ignore[arg-type]
 
 
-def _extras_for(conf: list[float]) -> dict[str, torch.Tensor]:
-    """ema/logprobs and answer_mask giving exactly the confidences ``conf`` (one answer token)."""
+def _ctx(mask: torch.Tensor, ema_logprobs: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None,
+         device_mini_batches: list[list[int]] | None = None) -> StepContext:
+    """A driver-side step context; ``device_mini_batches`` defaults to one unit of all N sequences."""
+    n = mask.shape[0]
+    return StepContext(response_mask=mask, old_logprobs=torch.zeros_like(mask), step=1, total_steps=1,
+                       micro_batches=[list(range(n))],
+                       device_mini_batches=[list(range(n))] if device_mini_batches is None else device_mini_batches,
+                       branch=torch.zeros(n, dtype=torch.long), ema_logprobs=ema_logprobs, answer_mask=answer_mask)
+
+
+def _care_fields(conf: list[float]) -> dict[str, torch.Tensor]:
+    """ema_logprobs and answer_mask giving exactly the confidences ``conf`` (one answer token)."""
     n = len(conf)
     logp = torch.full((n, 3), -7.0)
     logp[:, 1] = torch.tensor(conf, dtype=torch.float64).log().float()
     answer = torch.zeros(n, 3)
     answer[:, 1] = 1.0
-    return {"ema/logprobs": logp, "answer_mask": answer}
+    return {"ema_logprobs": logp, "answer_mask": answer}
 
 
 # ----------------------------------------------------------------------------- confidence
@@ -103,8 +118,8 @@ def test_score_rollouts_adds_the_bonus_per_group_and_reports_metrics() -> None:
     acc = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     rewards = acc + 0.1  # format reward 0.1 everywhere
     conf = [0.9, 0.5, 0.95, 0.8, 0.9, 0.9, 0.9, 0.9]
-    out = algo.score_rollouts(rewards, {"accuracy": acc, "format": torch.ones(8)}, 4, torch.ones(8, 3),
-                              _extras_for(conf))
+    out = algo.score_rollouts(rewards, {"accuracy": acc, "format": torch.ones(8)}, 4,
+                              _ctx(torch.ones(8, 3), **_care_fields(conf)))
     # Group 0 as in test_bonus_by_hand; group 1 has H empty.
     torch.testing.assert_close(out.rewards, rewards + torch.tensor([0.5, 0, 0, 0.5, 0, 0, 0, 0]))
     assert out.metrics["care/bonus_rate"] == pytest.approx(2 / 8)
@@ -119,11 +134,11 @@ def test_confidence_is_clamped_before_the_mean() -> None:
     acc = torch.tensor([1.0, 1.0, 1.0, 0.0])
     # Unclamped c̄ = (0.999 + 0.93 + 0.94) / 3 = 0.9563 -> only seq 0 consistent; clamped
     # c = (0.95, 0.93, 0.94), c̄ = 0.94 -> seqs 0 and 2.
-    extras = _extras_for([0.999, 0.93, 0.94, 0.2])
-    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, torch.ones(4, 3), extras)
+    fields = _care_fields([0.999, 0.93, 0.94, 0.2])
+    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, _ctx(torch.ones(4, 3), **fields))
     torch.testing.assert_close(out.rewards, torch.tensor([2.0, 1.0, 2.0, 0.0]))
     unclamped = Care(_cfg(bonus_coef=1.0, confidence_upper_bound=None))
-    out = unclamped.score_rollouts(acc.clone(), {"accuracy": acc}, 4, torch.ones(4, 3), extras)
+    out = unclamped.score_rollouts(acc.clone(), {"accuracy": acc}, 4, _ctx(torch.ones(4, 3), **fields))
     torch.testing.assert_close(out.rewards, torch.tensor([2.0, 1.0, 1.0, 0.0]))
 
 
@@ -133,10 +148,10 @@ def test_empty_answer_span_gives_095_and_empty_responses_are_harmless() -> None:
     logp = torch.tensor([[-0.2, -0.2], [0.0, 0.0], [-0.01, 0.0], [0.0, 0.0]])
     answer = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # seqs 1 and 3 are empty
-    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, mask, {"ema/logprobs": logp, "answer_mask": answer})
+    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, _ctx(mask, logp, answer))
     # c = (exp(-0.2) = 0.8187, 0.95, 0.95, 0.95); H = {0, 2}; c̄ = 0.8844 -> seq 2 (empty span) bonused.
     torch.testing.assert_close(out.rewards, torch.tensor([1.0, 0.0, 1.5, 0.0]))
-    assert torch.isfinite(algo.compute_advantages(out.rewards, 4, mask, {})).all()
+    assert torch.isfinite(algo.compute_advantages(out.rewards, 4, _ctx(mask))).all()
 
 
 def test_all_correct_some_bonused_gives_nonzero_advantages() -> None:
@@ -144,21 +159,22 @@ def test_all_correct_some_bonused_gives_nonzero_advantages() -> None:
     algo = Care(_cfg(bonus_coef=0.5))
     acc = torch.ones(4)
     mask = torch.ones(4, 2)
-    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, mask, _extras_for([0.9, 0.5, 0.9, 0.5]))
-    adv = algo.compute_advantages(out.rewards, 4, mask, {})[:, 0]
+    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, _ctx(mask, **_care_fields([0.9, 0.5, 0.9, 0.5])))
+    adv = algo.compute_advantages(out.rewards, 4, _ctx(mask))[:, 0]
     # R = (1.5, 1, 1.5, 1): mean 1.25, std 0.288675; A = ±0.25 / (0.288675 + 1e-4).
     a = 0.25 / (math.sqrt(1 / 12) + 1e-4)
     torch.testing.assert_close(adv, torch.tensor([a, -a, a, -a]), rtol=0, atol=1e-5)
-    assert (Algorithm(AlgorithmConfig()).compute_advantages(acc, 4, mask, {}) == 0).all()
+    assert (Algorithm(AlgorithmConfig()).compute_advantages(acc, 4, _ctx(mask)) == 0).all()
     # All correct and all equally confident: everyone bonused, zero std, A = 0.
-    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, mask, _extras_for([0.7] * 4))
-    assert (out.rewards == 1.5).all() and (algo.compute_advantages(out.rewards, 4, mask, {}) == 0).all()
+    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, _ctx(mask, **_care_fields([0.7] * 4)))
+    assert (out.rewards == 1.5).all() and (algo.compute_advantages(out.rewards, 4, _ctx(mask)) == 0).all()
 
 
 def test_single_correct_response_is_always_consistent_with_itself() -> None:
     algo = Care(_cfg(bonus_coef=0.5))
     acc = torch.tensor([0.0, 1.0, 0.0, 0.0])
-    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, torch.ones(4, 1), _extras_for([0.9, 0.1, 0.9, 0.9]))
+    out = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4,
+                              _ctx(torch.ones(4, 1), **_care_fields([0.9, 0.1, 0.9, 0.9])))
     torch.testing.assert_close(out.rewards, torch.tensor([0.0, 1.5, 0.0, 0.0]))
 
 
@@ -166,12 +182,13 @@ def test_device_scope_equals_group_scope_at_one_prompt_per_device() -> None:
     gen = torch.Generator().manual_seed(3)
     n, g = 16, 4
     acc = (torch.rand(n, generator=gen) > 0.4).float()
-    extras = {"ema/logprobs": -torch.rand(n, 5, generator=gen) * 0.3, "answer_mask": (torch.rand(n, 5, generator=gen) > 0.3).float()}
+    fields = {"ema_logprobs": -torch.rand(n, 5, generator=gen) * 0.3,
+              "answer_mask": (torch.rand(n, 5, generator=gen) > 0.3).float()}
     # One prompt per (rank, mini-batch), listed in an arbitrary order.
     devices = [[5, 4, 7, 6], [0, 1, 2, 3], [12, 13, 14, 15], [9, 8, 11, 10]]
-    by_group = Care(_cfg()).score_rollouts(acc.clone(), {"accuracy": acc}, g, torch.ones(n, 5), extras)
+    by_group = Care(_cfg()).score_rollouts(acc.clone(), {"accuracy": acc}, g, _ctx(torch.ones(n, 5), **fields))
     by_device = Care(_cfg(group_scope="device")).score_rollouts(
-        acc.clone(), {"accuracy": acc}, g, torch.ones(n, 5), {**extras, "device_mini_batches": devices})
+        acc.clone(), {"accuracy": acc}, g, _ctx(torch.ones(n, 5), **fields, device_mini_batches=devices))
     assert by_group.metrics["care/bonus_rate"] > 0
     torch.testing.assert_close(by_device.rewards, by_group.rewards)
     assert by_device.metrics == by_group.metrics
@@ -179,18 +196,20 @@ def test_device_scope_equals_group_scope_at_one_prompt_per_device() -> None:
 
 def test_device_scope_mixes_groups_with_two_prompts_per_device() -> None:
     acc = torch.tensor([1.0, 0.0, 1.0, 1.0])  # group 0 mean 0.5, group 1 mean 1.0; device mean 0.75
-    extras = {**_extras_for([0.9, 0.9, 0.6, 0.9]), "device_mini_batches": [[0, 1, 2, 3]]}
-    group = Care(_cfg(bonus_coef=1.0)).score_rollouts(acc.clone(), {"accuracy": acc}, 2, torch.ones(4, 3), extras)
+    fields = {**_care_fields([0.9, 0.9, 0.6, 0.9]), "device_mini_batches": [[0, 1, 2, 3]]}
+    group = Care(_cfg(bonus_coef=1.0)).score_rollouts(acc.clone(), {"accuracy": acc}, 2,
+                                                      _ctx(torch.ones(4, 3), **fields))
     device = Care(_cfg(bonus_coef=1.0, group_scope="device")).score_rollouts(
-        acc.clone(), {"accuracy": acc}, 2, torch.ones(4, 3), extras)
+        acc.clone(), {"accuracy": acc}, 2, _ctx(torch.ones(4, 3), **fields))
     # Per group: group 1 c̄ = 0.75 -> seq 3 only. Per device: H = {0, 2, 3}, c̄ = 0.8 -> seqs 0 and 3.
     torch.testing.assert_close(group.rewards, torch.tensor([2.0, 0.0, 1.0, 2.0]))
     torch.testing.assert_close(device.rewards, torch.tensor([2.0, 0.0, 1.0, 2.0]))
     acc2 = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    extras2 = {**_extras_for([0.7, 0.9, 0.75, 0.9]), "device_mini_batches": [[0, 1, 2, 3]]}
-    group = Care(_cfg(bonus_coef=1.0)).score_rollouts(acc2.clone(), {"accuracy": acc2}, 2, torch.ones(4, 3), extras2)
+    fields2 = {**_care_fields([0.7, 0.9, 0.75, 0.9]), "device_mini_batches": [[0, 1, 2, 3]]}
+    group = Care(_cfg(bonus_coef=1.0)).score_rollouts(acc2.clone(), {"accuracy": acc2}, 2,
+                                                      _ctx(torch.ones(4, 3), **fields2))
     device = Care(_cfg(bonus_coef=1.0, group_scope="device")).score_rollouts(
-        acc2.clone(), {"accuracy": acc2}, 2, torch.ones(4, 3), extras2)
+        acc2.clone(), {"accuracy": acc2}, 2, _ctx(torch.ones(4, 3), **fields2))
     # Group 0's lone correct answer is always bonused; per device c̄ = 0.7833 excludes it.
     torch.testing.assert_close(group.rewards, torch.tensor([2.0, 0.0, 1.0, 2.0]))
     torch.testing.assert_close(device.rewards, torch.tensor([1.0, 0.0, 1.0, 2.0]))
@@ -200,32 +219,36 @@ def test_capabilities_and_missing_inputs() -> None:
     algo = Care(_cfg(ema_decay=0.99, ema_update_every=5))
     assert algo.ema_reference() == EmaSpec(decay=0.99, update_every=5)
     assert algo.needs_answer_span and not algo.needs_reference
-    assert algo.views() == () and algo.select_for_update(torch.zeros(2, 1), 2, {}) is None
+    assert algo.views() == () and algo.select_for_update(torch.zeros(2, 1), 2, _ctx(torch.ones(2, 1))) is None
     acc = torch.ones(2)
     with pytest.raises(KeyError, match="algorithm.care.accuracy_key='accuracy'.*'acc'"):
-        algo.score_rollouts(acc, {"acc": acc}, 2, torch.ones(2, 1), _extras_for([0.5, 0.5]))
-    with pytest.raises(KeyError, match="ema/logprobs"):
-        algo.score_rollouts(acc, {"accuracy": acc}, 2, torch.ones(2, 1), {})
-    with pytest.raises(KeyError, match="device_mini_batches"):
-        Care(_cfg(group_scope="device")).score_rollouts(acc, {"accuracy": acc}, 2, torch.ones(2, 1),
-                                                        _extras_for([0.5, 0.5]))
+        algo.score_rollouts(acc, {"acc": acc}, 2, _ctx(torch.ones(2, 1), **_care_fields([0.5, 0.5])))
+    with pytest.raises(KeyError, match="ema_logprobs"):
+        algo.score_rollouts(acc, {"accuracy": acc}, 2, _ctx(torch.ones(2, 1)))
+    # group_scope=device reads the units, a typed field of the step context: it cannot lack them.
+    with pytest.raises(TypeError, match="device_mini_batches"):
+        StepContext(response_mask=torch.ones(2, 1), old_logprobs=torch.zeros(2, 1), step=1,  # type: ignore[call-arg]
+                    total_steps=1, micro_batches=[[0, 1]], branch=torch.zeros(2, dtype=torch.long),
+                    **_care_fields([0.5, 0.5]))
     # A custom accuracy sub-score name.
     out = Care(_cfg(accuracy_key="iou")).score_rollouts(torch.tensor([1.0, 0.0]), {"iou": torch.tensor([1.0, 0.0])},
-                                                        2, torch.ones(2, 1), _extras_for([0.5, 0.5]))
+                                                        2, _ctx(torch.ones(2, 1), **_care_fields([0.5, 0.5])))
     assert out.rewards.tolist() == [1.5, 0.0]
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"kl_coef": 0.04}, "algorithm.kl_coef"),
-    ({"care": CareConfig(ema_decay=1.0)}, "algorithm.care.ema_decay"),
-    ({"care": CareConfig(ema_update_every=0)}, "algorithm.care.ema_update_every"),
-    ({"care": CareConfig(bonus_coef=-1.0)}, "algorithm.care.bonus_coef"),
-    ({"care": CareConfig(confidence_upper_bound=0.0)}, "algorithm.care.confidence_upper_bound"),
-    ({"care": CareConfig(margin=-0.1)}, "algorithm.care.margin"),
+@pytest.mark.parametrize("overrides, care, key", [
+    ({"kl_coef": 0.04}, {}, "algorithm.kl_coef"),
+    ({}, {"ema_decay": 1.0}, "algorithm.care.ema_decay"),
+    ({}, {"ema_update_every": 0}, "algorithm.care.ema_update_every"),
+    ({}, {"bonus_coef": -1.0}, "algorithm.care.bonus_coef"),
+    ({}, {"confidence_upper_bound": 0.0}, "algorithm.care.confidence_upper_bound"),
+    ({}, {"margin": -0.1}, "algorithm.care.margin"),
 ])
-def test_config_errors_name_the_key(overrides: dict[str, object], key: str) -> None:
+def test_config_errors_name_the_key(overrides: dict[str, object], care: dict[str, object], key: str) -> None:
+    # The care keys fail when CareConfig is built (it validates itself), algorithm.kl_coef when
+    # the algorithm is checked.
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_algorithm(AlgorithmConfig(name="care", **overrides))  # type: ignore[arg-type]
+        build_algorithm(AlgorithmConfig(name="care", care=CareConfig(**care), **overrides))  # type: ignore[arg-type]
 
 
 def test_care_yaml_composes_with_the_authors_settings() -> None:
@@ -277,12 +300,12 @@ def test_matches_the_authors_block_on_random_tensors(seed: int, margin: float | 
     span[::7] = 0.0
     algo = Care(_cfg(bonus_coef=0.5, margin=margin or 0.0, group_scope="device"))
     units = [list(range(d * g, (d + 1) * g)) for d in range(devices)]
-    out = algo.score_rollouts(acc + fmt, {"accuracy": acc, "format": fmt}, g, torch.ones(n, length),
-                              {"ema/logprobs": ref, "answer_mask": span, "device_mini_batches": units})
+    out = algo.score_rollouts(acc + fmt, {"accuracy": acc, "format": fmt}, g,
+                              _ctx(torch.ones(n, length), ref, span, device_mini_batches=units))
     expected = torch.cat([acc[u] + fmt[u] + _authors_care_block(acc[u], ref[u], span[u], 0.5, 0.95, margin)
                           for u in map(torch.tensor, units)])
     torch.testing.assert_close(out.rewards, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(group_advantages(out.rewards, g, eps=1e-4), _authors_advantages(expected, g),
                                rtol=0, atol=1e-4)
-    adv = algo.compute_advantages(out.rewards, g, torch.ones(n, length), {})
+    adv = algo.compute_advantages(out.rewards, g, _ctx(torch.ones(n, length)))
     torch.testing.assert_close(adv[:, 0], _authors_advantages(expected, g), rtol=0, atol=1e-4)

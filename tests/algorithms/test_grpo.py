@@ -15,12 +15,21 @@ from rl_vlm.algorithms import (
     Algorithm,
     LossInputs,
     LossTerm,
+    StepContext,
     build_algorithm,
 )
 from rl_vlm.algorithms.core import masked_sum
 from rl_vlm.config import AlgorithmConfig
 
 F64 = torch.float64
+
+
+def _ctx(mask: torch.Tensor) -> StepContext:
+    """A one-unit step context over ``mask``'s N sequences (GRPO reads only the mask)."""
+    n = mask.shape[0]
+    return StepContext(response_mask=mask, old_logprobs=torch.zeros_like(mask), step=1, total_steps=1,
+                       micro_batches=[list(range(n))], device_mini_batches=[list(range(n))],
+                       branch=torch.zeros(n, dtype=torch.long))
 
 
 def _inputs(logprobs: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
@@ -31,7 +40,7 @@ def _inputs(logprobs: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: 
         entropy=entropy,
         num_tokens=float(mask.sum()) if num_tokens is None else num_tokens,
         num_seqs=float((mask.sum(-1) > 0).sum()) if num_seqs is None else num_seqs,
-        max_response_len=max_len)
+        max_response_len=max_len, step=1, total_steps=1)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -39,7 +48,8 @@ def test_build_algorithm_default_is_grpo() -> None:
     algo = build_algorithm(AlgorithmConfig())
     assert type(algo) is Algorithm and ALGORITHMS["grpo"] is Algorithm
     assert not algo.needs_reference and not algo.needs_entropy_grad
-    assert algo.views() == ()
+    assert algo.views() == () and algo.step_metrics() == {}
+    assert not Algorithm.has_rollout_views(AlgorithmConfig())
 
 
 def test_build_algorithm_unknown_name_lists_valid_ones() -> None:
@@ -62,20 +72,20 @@ def test_algorithm_and_rewards_import_without_the_heavy_stack() -> None:
 # ----------------------------------------------------------------------------- driver-side hooks
 def test_score_rollouts_is_a_no_op() -> None:
     rewards = torch.tensor([1.0, 0.0])
-    out = Algorithm(AlgorithmConfig()).score_rollouts(rewards, {"accuracy": rewards}, 2, torch.ones(2, 3), {})
+    out = Algorithm(AlgorithmConfig()).score_rollouts(rewards, {"accuracy": rewards}, 2, _ctx(torch.ones(2, 3)))
     assert out.rewards is rewards and out.metrics == {}
 
 
 def test_compute_advantages_broadcasts_over_valid_tokens() -> None:
     mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    adv = Algorithm(AlgorithmConfig()).compute_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2, mask, {})
+    adv = Algorithm(AlgorithmConfig()).compute_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2, _ctx(mask))
     # Groups [1, 0] and [0, 1]: mean 0.5, unbiased std sqrt(0.5) -> ±0.5 / 0.7071068 = ±0.7071068.
     a = 0.7071068
     expected = torch.tensor([[0.0, a, a, 0.0], [0.0, 0.0, -a, -a], [-a, 0.0, 0.0, 0.0], [a, a, a, a]])
     torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
 
     dr = Algorithm(AlgorithmConfig(norm_adv_by_std=False)).compute_advantages(
-        torch.tensor([1.0, 0.0, 0.0, 1.0]), 2, mask, {})
+        torch.tensor([1.0, 0.0, 0.0, 1.0]), 2, _ctx(mask))
     torch.testing.assert_close(dr, expected / a * 0.5, atol=1e-5, rtol=0)
 
 
@@ -160,7 +170,7 @@ def test_loss_and_metrics_sum_over_micro_batches(mode: str) -> None:
     old = torch.randn(n, width, generator=gen, dtype=F64) * 0.5 - 1.0
     ref = torch.randn(n, width, generator=gen, dtype=F64) * 0.5 - 1.0
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
-    adv = algo.compute_advantages(rewards, 3, mask.float(), {}).to(F64)
+    adv = algo.compute_advantages(rewards, 3, _ctx(mask.float())).to(F64)
     num_tokens, num_seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
 
     def run(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -255,3 +265,22 @@ def test_invalid_compositions_fail_at_config_time_naming_the_key() -> None:
     algo = build_algorithm(cfg.algorithm)
     # Both variants' masked views run (two extra forwards), one each.
     assert sorted(v.name for v in algo.views()) == ["papo_mask", "vppo_mask"]
+
+
+def test_validation_checks_the_algorithm_without_building_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate() asks the classes (check_config, has_rollout_views); only the controller and each
+    learner build an instance."""
+    from rl_vlm.compose import compose
+    from rl_vlm.config import ConfigError
+    from rl_vlm.validation import validate
+
+    def no_instance(self: Algorithm, cfg: AlgorithmConfig) -> None:
+        raise AssertionError("validate() built an algorithm")
+
+    monkeypatch.setattr(Algorithm, "__init__", no_instance)
+    for preset in ("grpo", "papo_vppo", "care", "vogue_paper"):
+        validate(compose([f"algorithm={preset}"]), check_paths=False)
+    with pytest.raises(ConfigError, match=r"data\.dynamic_sampling"):
+        validate(compose(["algorithm=vogue_paper", "data.dynamic_sampling=true"]), check_paths=False)
+    with pytest.raises(ConfigError, match=r"algorithm\.kl_coef"):
+        validate(compose(["algorithm=care", "algorithm.kl_coef=0.1"]), check_paths=False)

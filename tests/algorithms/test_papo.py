@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from rl_vlm.algorithms import LossInputs, build_algorithm
+from rl_vlm.algorithms import LossInputs, StepContext, ViewOutputs, build_algorithm
 from rl_vlm.algorithms.core import masked_row_quantile
 from rl_vlm.algorithms.papo import (
     VIEW,
@@ -22,8 +22,18 @@ from rl_vlm.algorithms.views import TileBlackening
 from rl_vlm.config import AlgorithmConfig, PapoConfig
 
 F64 = torch.float64
-OLD_KEY = f"view/{VIEW}/old_logprobs"
-GRAD_KEY = f"view/{VIEW}/logprobs"
+
+
+def _views(old: torch.Tensor, grad: torch.Tensor | None = None) -> dict[str, ViewOutputs]:
+    """PAPO's masked view: the frozen log-probs ``old`` and, with recompute_with_grad, ``grad``."""
+    return {VIEW: ViewOutputs(old_logprobs=old, logprobs=grad)}
+
+
+def _ctx(mask: torch.Tensor, step: int = 1, total_steps: int = 1) -> StepContext:
+    n = mask.shape[0]
+    return StepContext(response_mask=mask, old_logprobs=torch.zeros_like(mask), step=step, total_steps=total_steps,
+                       micro_batches=[list(range(n))], device_mini_batches=[list(range(n))],
+                       branch=torch.zeros(n, dtype=torch.long))
 
 
 _BASE_KEYS = ("kl_coef", "clip_low", "clip_high", "clip_dual", "loss_agg")
@@ -37,13 +47,13 @@ def _cfg(**papo: Any) -> AlgorithmConfig:
 
 
 def _inputs(logprobs: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-            extras: dict[str, Any], ref: torch.Tensor | None = None, num_tokens: float | None = None,
-            num_seqs: float | None = None) -> LossInputs:
+            views: dict[str, ViewOutputs], ref: torch.Tensor | None = None, num_tokens: float | None = None,
+            num_seqs: float | None = None, step: int = 1, total_steps: int = 1) -> LossInputs:
     return LossInputs(
         logprobs=logprobs, old_logprobs=old, ref_logprobs=ref, advantages=adv, response_mask=mask, entropy=None,
         num_tokens=float(mask.sum()) if num_tokens is None else num_tokens,
         num_seqs=float((mask.sum(-1) > 0).sum()) if num_seqs is None else num_seqs,
-        max_response_len=8, extras=extras)
+        max_response_len=8, step=step, total_steps=total_steps, views=views)
 
 
 def _random_batch(n: int = 5, width: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -144,7 +154,7 @@ def test_bad_values_name_the_key(field: str, value: Any, key: str) -> None:
 
 
 def test_annealing_needs_a_positive_gamma_and_ratio() -> None:
-    with pytest.raises(ValueError, match=r"algorithm\.papo\.gamma must be > 0"):
+    with pytest.raises(ValueError, match=r"algorithm\.papo\.gamma: must be > 0"):
         Papo(_cfg(schedule="annealing", gamma=0.0))
     with pytest.raises(ValueError, match=r"algorithm\.papo\.annealing_ratio"):
         Papo(_cfg(schedule="annealing", annealing_ratio=0.0))
@@ -209,12 +219,12 @@ def test_loss_and_gradient_match_the_authors_block(options: dict[str, Any]) -> N
     algo = Papo(_cfg(**kwargs))
     b = _random_batch()
     step, total = 3, 10
-    gamma_t = algo.gamma_at({"step": step, "total_steps": total})
+    gamma_t = algo.gamma_at(step, total)
 
     def ours(theta: torch.Tensor) -> torch.Tensor:
         logp = b["old"] + theta
-        extras = {OLD_KEY: b["aug"], "step": step, "total_steps": total}
-        return algo.loss(_inputs(logp, b["old"], b["adv"], b["mask"], extras, ref=b["ref"])).loss
+        return algo.loss(_inputs(logp, b["old"], b["adv"], b["mask"], _views(b["aug"]), ref=b["ref"], step=step,
+                                 total_steps=total)).loss
 
     def theirs(theta: torch.Tensor) -> torch.Tensor:
         return _authors_papo_micro_batch(
@@ -245,7 +255,7 @@ def test_micro_batch_units_match_the_authors_only_for_equal_token_counts() -> No
         ours, theirs = 0.0, 0.0
         for idx in ([0, 1], [2, 3]):
             logp = b["old"][idx] + b["theta"][idx]
-            ours += algo.loss(_inputs(logp, b["old"][idx], b["adv"][idx], mask[idx], {OLD_KEY: b["aug"][idx]},
+            ours += algo.loss(_inputs(logp, b["old"][idx], b["adv"][idx], mask[idx], _views(b["aug"][idx]),
                                       num_tokens=num_tokens, num_seqs=4.0)).loss.item()
             theirs += _authors_papo_micro_batch(
                 logp, b["old"][idx], None, b["aug"][idx], b["adv"][idx], mask[idx], clip_low=0.2, clip_high=0.3,
@@ -269,7 +279,7 @@ def test_perception_term_gradient_by_hand() -> None:
     logp = torch.tensor([[-0.5, -2.0, -1.0]], dtype=F64, requires_grad=True)
     aug = torch.tensor([[-1.5, -1.0, -1.0]], dtype=F64)
     mask = torch.ones(1, 3, dtype=F64)
-    out = algo.loss(_inputs(logp, logp.detach().clone(), torch.zeros(1, 3, dtype=F64), mask, {OLD_KEY: aug}))
+    out = algo.loss(_inputs(logp, logp.detach().clone(), torch.zeros(1, 3, dtype=F64), mask, _views(aug)))
     out.loss.backward()
     expected = -gamma * (1 - torch.exp(aug - logp.detach())) / 3
     torch.testing.assert_close(logp.grad, expected)
@@ -284,7 +294,7 @@ def test_frozen_view_logprobs_get_no_gradient_by_default() -> None:
     logp = torch.full((1, 2), -1.0, dtype=F64, requires_grad=True)
     aug = torch.full((1, 2), -2.0, dtype=F64, requires_grad=True)  # even if the caller forgot to detach
     algo.loss(_inputs(logp, logp.detach(), torch.zeros(1, 2, dtype=F64), torch.ones(1, 2, dtype=F64),
-                      {OLD_KEY: aug})).loss.backward()
+                      _views(aug))).loss.backward()
     assert aug.grad is None
 
 
@@ -295,7 +305,7 @@ def test_recompute_with_grad_trains_the_masked_branch() -> None:
     aug = torch.tensor([[-1.5, -1.0]], dtype=F64, requires_grad=True)
     stale = torch.full((1, 2), -9.0, dtype=F64)  # the no-grad pass must not be used in this mode
     out = algo.loss(_inputs(logp, logp.detach().clone(), torch.zeros(1, 2, dtype=F64), torch.ones(1, 2, dtype=F64),
-                            {GRAD_KEY: aug, OLD_KEY: stale}))
+                            _views(stale, grad=aug)))
     out.loss.backward()
     e = torch.exp(aug.detach() - logp.detach())
     # k3 = e^{a−ℓ} − (a−ℓ) − 1: ∂k3/∂a = e^{a−ℓ} − 1; the aug entropy term adds −η_aug per token.
@@ -310,7 +320,7 @@ def test_text_only_samples_have_zero_perception_kl() -> None:
     old = torch.tensor([[-1.0, -0.2, -3.0]], dtype=F64)
     logp = old.clone().requires_grad_(True)
     mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=F64)
-    out = algo.loss(_inputs(logp, old, torch.zeros(1, 3, dtype=F64), mask, {OLD_KEY: old.clone()}))
+    out = algo.loss(_inputs(logp, old, torch.zeros(1, 3, dtype=F64), mask, _views(old.clone())))
     assert out.metrics["papo/kl_prcp"] == pytest.approx(0.0, abs=1e-12)
     assert out.metrics["papo/entropy_ori"] == pytest.approx(0.6)
     assert out.metrics["papo/entropy_aug"] == pytest.approx(0.6)
@@ -323,30 +333,33 @@ def test_zero_advantage_group_still_gets_the_perception_gradient() -> None:
     algo = Papo(_cfg())
     logp = torch.tensor([[-0.5, -1.0]], dtype=F64, requires_grad=True)
     out = algo.loss(_inputs(logp, logp.detach().clone(), torch.zeros(1, 2, dtype=F64), torch.ones(1, 2, dtype=F64),
-                            {OLD_KEY: torch.tensor([[-1.5, -1.2]], dtype=F64)}))
+                            _views(torch.tensor([[-1.5, -1.2]], dtype=F64))))
     out.loss.backward()
     assert out.metrics["pg_loss"] == 0.0 and (logp.grad != 0).all()
 
 
 def test_missing_view_logprobs_name_the_key() -> None:
     z = torch.zeros(1, 2)
-    with pytest.raises(KeyError, match="view/papo_mask/old_logprobs"):
+    with pytest.raises(KeyError, match=r"views\['papo_mask'\]\.old_logprobs"):
         Papo(_cfg()).loss(_inputs(z, z, z, torch.ones(1, 2), {}))
-    with pytest.raises(KeyError, match="view/papo_mask/logprobs"):
-        Papo(_cfg(recompute_with_grad=True)).loss(_inputs(z, z, z, torch.ones(1, 2), {OLD_KEY: z}))
-    with pytest.raises(KeyError, match="step"):
-        Papo(_cfg(schedule="annealing")).loss(_inputs(z, z, z, torch.ones(1, 2), {OLD_KEY: z}))
+    with pytest.raises(KeyError, match=r"views\['papo_mask'\]\.logprobs"):
+        Papo(_cfg(recompute_with_grad=True)).loss(_inputs(z, z, z, torch.ones(1, 2), _views(z)))
+    # The annealing schedule's step and total are typed fields: the inputs cannot lack them.
+    with pytest.raises(TypeError, match="step"):
+        LossInputs(logprobs=z, old_logprobs=z, ref_logprobs=None, advantages=z,  # type: ignore[call-arg]
+                   response_mask=torch.ones(1, 2), entropy=None, num_tokens=2.0, num_seqs=1.0, max_response_len=8,
+                   views=_views(z))
 
 
 def test_advantages_unchanged_and_gamma_reported_on_the_driver() -> None:
     algo = Papo(_cfg(schedule="annealing", gamma=0.02, gamma_end=0.0, annealing_ratio=0.5))
     mask = torch.ones(4, 3)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    adv = algo.compute_advantages(rewards, 2, mask, {"step": 2, "total_steps": 10})
-    grpo = build_algorithm(AlgorithmConfig()).compute_advantages(rewards, 2, mask, {})
+    adv = algo.compute_advantages(rewards, 2, _ctx(mask, step=2, total_steps=10))
+    grpo = build_algorithm(AlgorithmConfig()).compute_advantages(rewards, 2, _ctx(mask))
     torch.testing.assert_close(adv, grpo)
-    assert algo.last_metrics["papo/gamma"] == pytest.approx(0.016)
-    assert algo.last_metrics["papo/entropy_scale"] == pytest.approx(0.8)
+    assert algo.step_metrics()["papo/gamma"] == pytest.approx(0.016)
+    assert algo.step_metrics()["papo/entropy_scale"] == pytest.approx(0.8)
 
 
 # ----------------------------------------------------------------------------- summing contract
@@ -362,8 +375,8 @@ def test_loss_and_metrics_sum_over_micro_batches(mode: str, recompute: bool) -> 
 
     def run(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         aug = b["aug"][idx] + phi[idx]
-        extras = {GRAD_KEY: aug, OLD_KEY: b["aug"][idx]} if recompute else {OLD_KEY: b["aug"][idx]}
-        out = algo.loss(_inputs(b["old"][idx] + theta[idx], b["old"][idx], b["adv"][idx], b["mask"][idx], extras,
+        views = _views(b["aug"][idx], grad=aug if recompute else None)
+        out = algo.loss(_inputs(b["old"][idx] + theta[idx], b["old"][idx], b["adv"][idx], b["mask"][idx], views,
                                 ref=b["ref"][idx], num_tokens=num_tokens, num_seqs=num_seqs))
         return out.loss, out.metrics
 

@@ -5,6 +5,7 @@ comparison with a test-only transcription of the authors' compute_grpo_outcome_a
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rl_vlm.algorithms import build_algorithm
+from rl_vlm.algorithms import StepContext, ViewOutputs, build_algorithm
 from rl_vlm.algorithms.core import group_advantages
 from rl_vlm.algorithms.vogue import (
     VIEW_NAME,
@@ -28,8 +29,6 @@ from rl_vlm.algorithms.vogue import (
     shape_advantages_paper,
 )
 from rl_vlm.config import AlgorithmConfig, ConfigError, VogueConfig
-
-NOISY = f"view/{VIEW_NAME}"
 
 
 def _cfg(norm: bool = True, **vogue: object) -> AlgorithmConfig:
@@ -196,8 +195,17 @@ def test_paper_shaping_by_hand() -> None:
 
 
 # ----------------------------------------------------------------------------- the hooks, code mode
-def _code_extras(raw: torch.Tensor, aug: torch.Tensor, step: int = 1, total: int = 10) -> dict[str, object]:
-    return {"old_logprobs": raw, f"{NOISY}/old_logprobs": aug, "step": step, "total_steps": total}
+def _ctx(mask: torch.Tensor, raw: torch.Tensor | None = None, views: dict[str, ViewOutputs] | None = None,
+         step: int = 1, total: int = 10, branch: torch.Tensor | None = None) -> StepContext:
+    n = mask.shape[0]
+    return StepContext(response_mask=mask, old_logprobs=torch.zeros_like(mask) if raw is None else raw, step=step,
+                       total_steps=total, micro_batches=[list(range(n))], device_mini_batches=[list(range(n))],
+                       branch=torch.zeros(n, dtype=torch.long) if branch is None else branch, views=views or {})
+
+
+def _code_ctx(mask: torch.Tensor, raw: torch.Tensor, aug: torch.Tensor, step: int = 1, total: int = 10) -> StepContext:
+    """Code mode's inputs: old log-probs with the raw image (``raw``) and the noisy one (``aug``)."""
+    return _ctx(mask, raw, {VIEW_NAME: ViewOutputs(old_logprobs=aug)}, step, total)
 
 
 def test_views_and_capabilities() -> None:
@@ -205,8 +213,10 @@ def test_views_and_capabilities() -> None:
     (view,) = code.views()
     assert view.name == VIEW_NAME and not view.with_grad and not view.full_kl and not view.per_response
     assert isinstance(view.transform, NoisyImageTransform) and view.transform.noise_std == 0.2
-    assert code.rollout_views() == () and code.select_for_update(torch.zeros(2, 1), 2, {}) is None
+    assert code.rollout_views() == () and code.select_for_update(torch.zeros(2, 1), 2, _ctx(torch.ones(2, 1))) is None
     assert paper.views()[0].full_kl and paper.rollout_views() == paper.views()
+    # The class-level answer (data.dynamic_sampling's check) agrees with the instances'.
+    assert Vogue.has_rollout_views(_cfg(mode="paper")) and not Vogue.has_rollout_views(_cfg())
     assert code.ema_reference() is None and not code.needs_reference and not code.needs_answer_span
 
 
@@ -216,12 +226,12 @@ def test_compute_advantages_code_mode_and_metrics() -> None:
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])  # seq 3 empty
     raw = torch.log(torch.full((4, 3), 0.5))
     aug = torch.log(torch.full((4, 3), 0.01))
-    adv = algo.compute_advantages(rewards, 2, mask, _code_extras(raw, aug))
+    adv = algo.compute_advantages(rewards, 2, _code_ctx(mask, raw, aug))
     h_aug = -0.01 * np.log(0.01)
     hi, lo = 0.15 + min(0.4 * h_aug, 0.075), -0.05 + min(0.4 * h_aug, 0.025)
     torch.testing.assert_close(adv, torch.tensor([[hi, hi, 0.0], [lo, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
                                                  dtype=torch.float32))
-    m = algo.last_metrics
+    m = algo.step_metrics()
     u = sampled_token_symmetric_kl(raw, aug, mask)[0, 0].item()
     assert m["vogue/uncertainty"] == pytest.approx(u, rel=1e-5)
     assert m["vogue/branch_prob"] == 1.0 and m["vogue/used_noisy"] == 1.0
@@ -231,15 +241,15 @@ def test_compute_advantages_code_mode_and_metrics() -> None:
 def test_compute_advantages_without_the_branch_and_with_identical_views() -> None:
     rewards, mask = torch.tensor([1.0, 0.0]), torch.ones(2, 2)
     raw = torch.log(torch.tensor([[0.5, 0.2], [0.7, 0.9]]))
-    base = Vogue(_never()).compute_advantages(rewards, 2, mask, _code_extras(raw, raw - 3.0))
+    base = Vogue(_never()).compute_advantages(rewards, 2, _code_ctx(mask, raw, raw - 3.0))
     expected, _ = shape_advantages_code(torch.tensor([[0.5, 0.5], [-0.5, -0.5]]), raw, raw - 3.0, mask, False)
     torch.testing.assert_close(base, expected)
     # Identical views (text-only prompts, where the view reuses the raw inputs): u ≈ 0, so only
     # the entropy bonus acts.
     algo = Vogue(_always())
-    same = algo.compute_advantages(rewards, 2, mask, _code_extras(raw, raw.clone()))
+    same = algo.compute_advantages(rewards, 2, _code_ctx(mask, raw, raw.clone()))
     torch.testing.assert_close(same, expected, rtol=0, atol=1e-7)
-    assert abs(algo.last_metrics["vogue/uncertainty"]) < 1e-7
+    assert abs(algo.step_metrics()["vogue/uncertainty"]) < 1e-7
 
 
 def test_code_branch_follows_the_annealed_schedule() -> None:
@@ -248,10 +258,10 @@ def test_code_branch_follows_the_annealed_schedule() -> None:
     raw, aug = torch.log(torch.tensor([[0.5], [0.5]])), torch.log(torch.tensor([[0.01], [0.01]]))
     used = []
     for step in range(1, 201):
-        algo.compute_advantages(rewards, 2, mask, _code_extras(raw, aug, step, 200))
-        assert algo.last_metrics["vogue/branch_prob"] == pytest.approx(1 - step / 200)
-        assert algo.last_metrics["vogue/used_noisy"] == float(draw_code_branch(step, 1 - step / 200))
-        used.append(algo.last_metrics["vogue/used_noisy"])
+        algo.compute_advantages(rewards, 2, _code_ctx(mask, raw, aug, step, 200))
+        assert algo.step_metrics()["vogue/branch_prob"] == pytest.approx(1 - step / 200)
+        assert algo.step_metrics()["vogue/used_noisy"] == float(draw_code_branch(step, 1 - step / 200))
+        used.append(algo.step_metrics()["vogue/used_noisy"])
     assert 0.35 < np.mean(used) < 0.65 and np.mean(used[:50]) > np.mean(used[-50:])
     assert used[-1] == 0.0
 
@@ -261,67 +271,73 @@ def test_zero_variance_groups_and_single_valid_sequence() -> None:
     gen = torch.Generator().manual_seed(0)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
     raw, aug = -torch.rand(4, 2, generator=gen) * 4, -torch.rand(4, 2, generator=gen) * 4
-    adv = algo.compute_advantages(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2, mask, _code_extras(raw, aug))
+    adv = algo.compute_advantages(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2, _code_ctx(mask, raw, aug))
     assert (adv[:2] == 0).all()  # all-equal group
     # The empty response gets nothing; its group's lone valid sequence keeps A = 0.5, amplified.
     assert (adv[2] == 0).all() and 0.5 < adv[3, 0] <= 2.25 * 0.5 and adv[3, 1] == 0
     assert torch.isfinite(adv).all()
 
 
-def test_missing_extras_are_named() -> None:
-    with pytest.raises(KeyError, match=f"{NOISY}/old_logprobs"):
-        Vogue(_cfg()).compute_advantages(torch.ones(2), 2, torch.ones(2, 1),
-                                         {"old_logprobs": torch.zeros(2, 1), "step": 1, "total_steps": 2})
-    with pytest.raises(KeyError, match="step"):
-        Vogue(_cfg()).compute_advantages(torch.ones(2), 2, torch.ones(2, 1), {})
+def test_missing_inputs_are_named() -> None:
+    with pytest.raises(KeyError, match=rf"views\['{VIEW_NAME}'\]\.old_logprobs"):
+        Vogue(_cfg()).compute_advantages(torch.ones(2), 2, _ctx(torch.ones(2, 1), torch.zeros(2, 1), total=2))
+    with pytest.raises(KeyError, match=rf"views\['{VIEW_NAME}'\]\.kl"):
+        Vogue(_cfg(mode="paper")).compute_advantages(torch.ones(2), 2,
+                                                     _code_ctx(torch.ones(2, 1), *torch.zeros(2, 2, 1)))
+    # The step and total are typed fields of the step context: it cannot lack them.
+    with pytest.raises(TypeError, match="step"):
+        StepContext(response_mask=torch.ones(2, 1), old_logprobs=torch.zeros(2, 1),  # type: ignore[call-arg]
+                    micro_batches=[[0, 1]], device_mini_batches=[[0, 1]], branch=torch.zeros(2, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- the hooks, paper mode
-def _paper_batch(b: int = 2, g: int = 3, length: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _paper_batch(b: int = 2, g: int = 3, length: int = 4, seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, StepContext]:
     gen = torch.Generator().manual_seed(seed)
     n = 2 * b * g
     rewards = (torch.rand(n, generator=gen) > 0.5).float()
     mask = torch.ones(n, length)
     mask[1, 2:] = 0.0
-    extras = {
-        "old_logprobs": -torch.rand(n, length, generator=gen) * 2,
-        f"{NOISY}/kl": torch.rand(n, length, generator=gen) * 0.3,
-        f"{NOISY}/kl_rev": torch.rand(n, length, generator=gen) * 0.3,
-        "branch": torch.cat([torch.zeros(b * g), torch.ones(b * g)]).long(),
-        "step": 3, "total_steps": 10,
-    }
-    return rewards, mask, extras
+    old = -torch.rand(n, length, generator=gen) * 2
+    kl = torch.rand(n, length, generator=gen) * 0.3
+    kl_rev = torch.rand(n, length, generator=gen) * 0.3
+    # Paper mode reads the KLs, not the view's own log-probs (NaN would show).
+    view = ViewOutputs(old_logprobs=torch.full_like(old, float("nan")), kl=kl, kl_rev=kl_rev)
+    branch = torch.cat([torch.zeros(b * g), torch.ones(b * g)]).long()
+    return rewards, mask, _ctx(mask, old, {VIEW_NAME: view}, step=3, total=10, branch=branch)
 
 
 def test_compute_advantages_paper_mode() -> None:
     algo = Vogue(_cfg(mode="paper"))
-    rewards, mask, extras = _paper_batch()
-    adv = algo.compute_advantages(rewards, 3, mask, extras)
+    rewards, mask, ctx = _paper_batch()
+    adv = algo.compute_advantages(rewards, 3, ctx)
     base = group_advantages(rewards, 3)[:, None] * mask
-    u_per = 0.5 * (extras[f"{NOISY}/kl"] + extras[f"{NOISY}/kl_rev"])
-    u_out = sampled_token_entropy(extras["old_logprobs"], mask)
+    view = ctx.views[VIEW_NAME]
+    assert view.kl is not None and view.kl_rev is not None
+    u_per = 0.5 * (view.kl + view.kl_rev)
+    u_out = sampled_token_entropy(ctx.old_logprobs, mask)
     g_out = torch.minimum(base.abs() / 2, 0.4 * u_out) * mask
-    g_per = torch.minimum(base.abs() / 2, u_per) * mask * (extras["branch"] == 1).float()[:, None]
+    g_per = torch.minimum(base.abs() / 2, u_per) * mask * (ctx.branch == 1).float()[:, None]
     torch.testing.assert_close(adv, base + g_out + g_per)
-    assert algo.last_metrics["vogue/branch_prob"] == pytest.approx(0.7)
-    assert algo.last_metrics["vogue/uncertainty"] == pytest.approx(float((u_per * mask).sum() / mask.sum()), rel=1e-5)
+    assert algo.step_metrics()["vogue/branch_prob"] == pytest.approx(0.7)
+    assert algo.step_metrics()["vogue/uncertainty"] == pytest.approx(float((u_per * mask).sum() / mask.sum()), rel=1e-5)
 
 
 def test_select_for_update_picks_raw_or_noisy_counterparts() -> None:
     algo = Vogue(_cfg(mode="paper"))
-    rewards, mask, extras = _paper_batch(b=4, g=5)
-    adv = algo.compute_advantages(rewards, 5, mask, extras)
-    idx = algo.select_for_update(adv, 5, extras)
+    rewards, _, ctx = _paper_batch(b=4, g=5)
+    adv = algo.compute_advantages(rewards, 5, ctx)
+    idx = algo.select_for_update(adv, 5, ctx)
     assert idx is not None and idx.dtype == torch.long and idx.shape == (20,)
     slot = torch.arange(20)
     assert ((idx == slot) | (idx == slot + 20)).all()
-    assert torch.equal(idx, algo.select_for_update(adv, 5, extras))  # deterministic for the step
-    assert algo.last_metrics["vogue/used_noisy"] == pytest.approx(float((idx >= 20).double().mean()))
+    assert torch.equal(idx, algo.select_for_update(adv, 5, ctx))  # deterministic for the step
+    assert algo.step_metrics()["vogue/used_noisy"] == pytest.approx(float((idx >= 20).double().mean()))
     # p = 1 at step 0: all noisy; p = 0 at the end: all raw.
-    assert torch.equal(algo.select_for_update(adv, 5, {**extras, "step": 0}), slot + 20)
-    assert torch.equal(algo.select_for_update(adv, 5, {**extras, "step": 10}), slot)
+    assert torch.equal(algo.select_for_update(adv, 5, replace(ctx, step=0)), slot + 20)
+    assert torch.equal(algo.select_for_update(adv, 5, replace(ctx, step=10)), slot)
     with pytest.raises(ValueError, match="branch"):
-        algo.select_for_update(adv, 5, {**extras, "branch": extras["branch"].flip(0)})
+        algo.select_for_update(adv, 5, replace(ctx, branch=ctx.branch.flip(0)))
 
 
 # ----------------------------------------------------------------------------- config and composition
@@ -355,16 +371,16 @@ def test_care_plus_vogue_chains_rewards_then_advantages() -> None:
                                            vogue=VogueConfig(schedule="fixed", fixed_prob=1.0)))
     acc = torch.tensor([1.0, 1.0, 0.0, 0.0])
     ema = torch.log(torch.tensor([[0.9], [0.5], [0.9], [0.9]]))
-    extras = {"ema/logprobs": ema, "answer_mask": torch.ones(4, 1),
-              **_code_extras(torch.log(torch.full((4, 1), 0.5)), torch.log(torch.full((4, 1), 0.01)))}
-    scores = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, torch.ones(4, 1), extras)
+    ctx = replace(_code_ctx(torch.ones(4, 1), torch.log(torch.full((4, 1), 0.5)), torch.log(torch.full((4, 1), 0.01))),
+                  ema_logprobs=ema, answer_mask=torch.ones(4, 1))
+    scores = algo.score_rollouts(acc.clone(), {"accuracy": acc}, 4, ctx)
     torch.testing.assert_close(scores.rewards, torch.tensor([1.5, 1.0, 0.0, 0.0]))
-    adv = algo.compute_advantages(scores.rewards, 4, torch.ones(4, 1), extras)
+    adv = algo.compute_advantages(scores.rewards, 4, ctx)
     base = scores.rewards - scores.rewards.mean()
-    expected, _ = shape_advantages_code(base[:, None], extras["old_logprobs"], extras[f"{NOISY}/old_logprobs"],
+    expected, _ = shape_advantages_code(base[:, None], ctx.old_logprobs, ctx.views[VIEW_NAME].old_logprobs,
                                         torch.ones(4, 1), True)
     torch.testing.assert_close(adv, expected)
-    assert "care/bonus_rate" in scores.metrics and "vogue/uncertainty" in algo.last_metrics
+    assert "care/bonus_rate" in scores.metrics and "vogue/uncertainty" in algo.step_metrics()
 
 
 # ----------------------------------------------------------------------------- vs the authors' code
@@ -422,7 +438,7 @@ def test_matches_the_authors_dupl_on_random_tensors(seed: int, use_aug: bool) ->
     expected = _authors_dupl(token_rewards.clone(), mask, index, raw, aug, use_aug)
 
     algo = Vogue(_cfg(schedule="fixed", fixed_prob=1.0 if use_aug else 0.0))
-    adv = algo.compute_advantages(rewards, g, mask, _code_extras(raw, aug))
+    adv = algo.compute_advantages(rewards, g, _code_ctx(mask, raw, aug))
     torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
 
 

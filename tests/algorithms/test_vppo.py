@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from rl_vlm.algorithms import Algorithm, LossInputs, build_algorithm
+from rl_vlm.algorithms import (
+    Algorithm,
+    LossInputs,
+    StepContext,
+    ViewOutputs,
+    build_algorithm,
+)
 from rl_vlm.algorithms.papo import Papo
 from rl_vlm.algorithms.views import TileBlackening
 from rl_vlm.algorithms.vppo import (
@@ -27,8 +33,6 @@ from rl_vlm.algorithms.vppo import (
 from rl_vlm.config import AlgorithmConfig, PapoConfig, VppoConfig
 
 F64 = torch.float64
-AUG = f"view/{VIEW}/old_logprobs"
-KL = f"view/{VIEW}/kl"
 _BASE_KEYS = ("kl_coef", "clip_low", "clip_high", "clip_dual", "loss_agg")
 
 
@@ -38,13 +42,30 @@ def _cfg(**vppo: Any) -> AlgorithmConfig:
     return AlgorithmConfig(name="vppo", vppo=VppoConfig(**{k: v for k, v in vppo.items() if k not in base}), **base)
 
 
+def _views(aug: torch.Tensor, kl: torch.Tensor | None = None) -> dict[str, ViewOutputs]:
+    """VPPO's perturbed view: its no-grad log-probs ``aug`` and, for ``full_kl``, the exact ``kl``."""
+    return {VIEW: ViewOutputs(old_logprobs=aug, kl=kl)}
+
+
+def _ctx(mask: torch.Tensor, old: torch.Tensor | None = None, views: dict[str, ViewOutputs] | None = None,
+         micro_batches: list[list[int]] | None = None,
+         device_mini_batches: list[list[int]] | None = None) -> StepContext:
+    """A driver-side step context; the statistic units default to one unit of all N sequences."""
+    everything = [list(range(mask.shape[0]))]
+    return StepContext(response_mask=mask, old_logprobs=torch.zeros_like(mask) if old is None else old, step=1,
+                       total_steps=1, micro_batches=everything if micro_batches is None else micro_batches,
+                       device_mini_batches=everything if device_mini_batches is None else device_mini_batches,
+                       branch=torch.zeros(mask.shape[0], dtype=torch.long), views=views or {})
+
+
 def _inputs(logprobs: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-            extras: dict[str, Any], num_tokens: float | None = None, num_seqs: float | None = None) -> LossInputs:
+            views: dict[str, ViewOutputs], num_tokens: float | None = None,
+            num_seqs: float | None = None) -> LossInputs:
     return LossInputs(
         logprobs=logprobs, old_logprobs=old, ref_logprobs=None, advantages=adv, response_mask=mask, entropy=None,
         num_tokens=float(mask.sum()) if num_tokens is None else num_tokens,
         num_seqs=float((mask.sum(-1) > 0).sum()) if num_seqs is None else num_seqs,
-        max_response_len=16, extras=extras)
+        max_response_len=16, step=1, total_steps=1, views=views)
 
 
 def _random_step(n: int = 12, width: int = 9, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -258,10 +279,9 @@ def test_shaping_filtering_and_loss_match_the_authors(micro_size: int) -> None:
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(micro_size)).tolist()
     device_mini_batches = [perm[:6], perm[6:]]  # e.g. two ranks, after balancing
     micro_batches = [unit[i:i + micro_size] for unit in device_mini_batches for i in range(0, 6, micro_size)]
-    extras = {"old_logprobs": b["old"], AUG: b["aug"], "micro_batches": micro_batches,
-              "device_mini_batches": device_mini_batches}
-    base_adv = Algorithm(_cfg()).compute_advantages(b["rewards"], 3, b["mask"], {}).to(F64)
-    shaped = algo.compute_advantages(b["rewards"], 3, b["mask"], extras).to(F64)
+    ctx = _ctx(b["mask"], b["old"], _views(b["aug"]), micro_batches, device_mini_batches)
+    base_adv = Algorithm(_cfg()).compute_advantages(b["rewards"], 3, _ctx(b["mask"])).to(F64)
+    shaped = algo.compute_advantages(b["rewards"], 3, ctx).to(F64)
 
     theta = b["theta"].clone().requires_grad_(True)
     for unit in device_mini_batches:
@@ -274,7 +294,7 @@ def test_shaping_filtering_and_loss_match_the_authors(micro_size: int) -> None:
         for j, start in enumerate(range(0, 6, micro_size)):
             idx = unit[start:start + micro_size]
             inp = _inputs(b["old"][idx] + theta[idx], b["old"][idx], shaped[idx], b["mask"][idx],
-                          {AUG: b["aug"][idx]}, num_tokens=num_tokens)
+                          _views(b["aug"][idx]), num_tokens=num_tokens)
             assert algo.token_weights(inp).tolist() == ref_masks[j].tolist()  # type: ignore[union-attr]
             ours_loss = ours_loss + algo.loss(inp).loss
         torch.testing.assert_close(ours_loss, ref_loss, rtol=1e-6, atol=1e-8)
@@ -297,16 +317,21 @@ def test_vppo_shape_matches_the_authors_micro_batch() -> None:
 # ----------------------------------------------------------------------------- driver side: TAS
 def test_global_scope_needs_no_units_and_micro_scope_does() -> None:
     b = _random_step()
-    extras = {"old_logprobs": b["old"], AUG: b["aug"]}
-    adv = Vppo(_cfg(stats_scope="global")).compute_advantages(b["rewards"], 3, b["mask"], extras)
+    # Units no valid partition has: the global scope must not read them, the micro scope must.
+    ctx = _ctx(b["mask"], b["old"], _views(b["aug"]), micro_batches=[[0, 11]], device_mini_batches=[[0], [11]])
+    adv = Vppo(_cfg(stats_scope="global")).compute_advantages(b["rewards"], 3, ctx)
     seq = trajectory_dependency(token_dependency(b["old"], b["aug"]), b["mask"])
     valid = b["mask"].sum(-1) > 0
     alpha = trajectory_scaling(seq, valid, 0.9)
-    base = Algorithm(_cfg()).compute_advantages(b["rewards"], 3, b["mask"], {})
+    base = Algorithm(_cfg()).compute_advantages(b["rewards"], 3, _ctx(b["mask"]))
     torch.testing.assert_close(adv, base * alpha.float()[:, None])
     assert alpha[valid].mean().item() == pytest.approx(1.0, abs=1e-7)
-    with pytest.raises(KeyError, match="micro_batches"):
-        Vppo(_cfg()).compute_advantages(b["rewards"], 3, b["mask"], extras)
+    with pytest.raises(ValueError, match="one device mini-batch"):
+        Vppo(_cfg()).compute_advantages(b["rewards"], 3, ctx)
+    # The units are a typed field of the step context: it cannot lack them.
+    with pytest.raises(TypeError, match="micro_batches"):
+        StepContext(response_mask=b["mask"], old_logprobs=b["old"], step=1, total_steps=1,  # type: ignore[call-arg]
+                    device_mini_batches=[[0]], branch=torch.zeros(12, dtype=torch.long))
 
 
 def test_zero_variance_groups_and_empty_responses() -> None:
@@ -315,7 +340,7 @@ def test_zero_variance_groups_and_empty_responses() -> None:
     aug = torch.tensor([[-0.1] * 3, [-2.0] * 3, [-5.0] * 3, [-1.0] * 3, [-0.3] * 3, [-0.6] * 3])
     rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # group 0 is constant -> A = 0
     algo = Vppo(_cfg(stats_scope="global"))
-    adv = algo.compute_advantages(rewards, 3, mask, {"old_logprobs": old, AUG: aug})
+    adv = algo.compute_advantages(rewards, 3, _ctx(mask, old, _views(aug)))
     assert (adv[:3] == 0).all()  # a zero-advantage group stays zero
     seq = trajectory_dependency(token_dependency(old, aug), mask)
     assert seq[2] == 0
@@ -324,30 +349,33 @@ def test_zero_variance_groups_and_empty_responses() -> None:
     # The empty response is left out of lo/hi/μ: dropping it changes no other α.
     keep = [0, 1, 3, 4, 5]
     torch.testing.assert_close(alpha[keep], trajectory_scaling(seq[keep], torch.ones(5, dtype=torch.bool), 0.9))
-    assert algo.last_metrics["vppo/alpha_mean"] == pytest.approx(1.0, abs=1e-6)
-    assert algo.last_metrics["vppo/alpha_min"] == pytest.approx(0.9, abs=1e-6)
-    assert algo.last_metrics["vppo/alpha_max"] > 1.0
+    assert algo.step_metrics()["vppo/alpha_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert algo.step_metrics()["vppo/alpha_min"] == pytest.approx(0.9, abs=1e-6)
+    assert algo.step_metrics()["vppo/alpha_max"] > 1.0
 
 
 def test_shaping_off_leaves_the_advantages() -> None:
     b = _random_step()
-    adv = Vppo(_cfg(advantage_shaping=False)).compute_advantages(b["rewards"], 3, b["mask"], {})
-    torch.testing.assert_close(adv, Algorithm(_cfg()).compute_advantages(b["rewards"], 3, b["mask"], {}))
+    algo = Vppo(_cfg(advantage_shaping=False))
+    adv = algo.compute_advantages(b["rewards"], 3, _ctx(b["mask"]))
+    torch.testing.assert_close(adv, Algorithm(_cfg()).compute_advantages(b["rewards"], 3, _ctx(b["mask"])))
+    assert algo.step_metrics() == {}
 
 
 def test_full_kl_dependency_on_both_sides() -> None:
     b = _random_step()
     kl = torch.rand(12, 9, dtype=F64)
     algo = Vppo(_cfg(dependency="full_kl", stats_scope="global"))
-    adv = algo.compute_advantages(b["rewards"], 3, b["mask"], {KL: kl})  # no log-probs needed
+    nan = torch.full_like(kl, float("nan"))  # no log-probs needed: NaN ones would show
+    adv = algo.compute_advantages(b["rewards"], 3, _ctx(b["mask"], nan, _views(nan, kl=kl)))
     alpha = trajectory_scaling(trajectory_dependency(kl, b["mask"]), b["mask"].sum(-1) > 0, 0.9)
-    base = Algorithm(_cfg()).compute_advantages(b["rewards"], 3, b["mask"], {})
+    base = Algorithm(_cfg()).compute_advantages(b["rewards"], 3, _ctx(b["mask"]))
     torch.testing.assert_close(adv, base * alpha.float()[:, None])
-    inp = _inputs(b["old"], b["old"], adv.to(F64), b["mask"], {KL: kl})
+    inp = _inputs(b["old"], b["old"], adv.to(F64), b["mask"], _views(nan, kl=kl))
     weights = algo.token_weights(inp)
     assert weights is not None and weights.bool().tolist() == top_fraction_mask(kl, b["mask"], 0.4).tolist()
-    with pytest.raises(KeyError, match="view/vppo_mask/kl"):
-        algo.token_weights(_inputs(b["old"], b["old"], adv.to(F64), b["mask"], {AUG: b["aug"]}))
+    with pytest.raises(KeyError, match=r"views\['vppo_mask'\]\.kl"):
+        algo.token_weights(_inputs(b["old"], b["old"], adv.to(F64), b["mask"], _views(b["aug"])))
 
 
 # ----------------------------------------------------------------------------- learner side: TGF and the loss
@@ -357,7 +385,7 @@ def test_filtered_tokens_get_zero_gradient_and_the_denominator_keeps_them() -> N
     aug = torch.tensor([[-0.1, -2.0, -0.3, -1.0, -0.2, -3.0]], dtype=F64)  # dependency order: 1, 3, 2, 4, 0
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=F64)
     logp = old.clone().requires_grad_(True)
-    out = algo.loss(_inputs(logp, old, torch.ones(1, 6, dtype=F64) * mask, mask, {AUG: aug}))
+    out = algo.loss(_inputs(logp, old, torch.ones(1, 6, dtype=F64) * mask, mask, _views(aug)))
     # k = ceil(0.4·5) = 2 kept (positions 1 and 3), r = 1, A = 1: pg = −2/5, not −2/2.
     assert out.metrics["pg_loss"] == pytest.approx(-2 / 5)
     assert out.metrics["vppo/kept_frac"] == pytest.approx(2 / 5)
@@ -370,7 +398,7 @@ def test_entropy_penalty_reaches_every_valid_token() -> None:
     old = torch.tensor([[-1.0, -2.0, -0.5, -1.0]], dtype=F64)
     mask = torch.tensor([[1, 1, 1, 0]], dtype=F64)
     logp = old.clone().requires_grad_(True)
-    out = algo.loss(_inputs(logp, old, torch.zeros(1, 4, dtype=F64), mask, {AUG: old - 1.0}))
+    out = algo.loss(_inputs(logp, old, torch.zeros(1, 4, dtype=F64), mask, _views(old - 1.0)))
     assert out.metrics["vppo/entropy_penalty"] == pytest.approx(3.5 / 3)
     assert out.loss.item() == pytest.approx(0.06 * 3.5 / 3)
     assert out.metrics["vppo/dependency_mean"] == pytest.approx(math.exp(-1.0))  # d = −1 on every token
@@ -381,17 +409,21 @@ def test_entropy_penalty_reaches_every_valid_token() -> None:
 def test_filtering_off_keeps_every_token() -> None:
     algo = Vppo(_cfg(token_filtering=False))
     z = torch.zeros(2, 3, dtype=F64)
-    inp = _inputs(z, z, z, torch.ones(2, 3, dtype=F64), {AUG: z - 0.5})
+    inp = _inputs(z, z, z, torch.ones(2, 3, dtype=F64), _views(z - 0.5))
     assert algo.token_weights(inp) is None
     assert algo.loss(inp).metrics["vppo/kept_frac"] == 1.0
 
 
 def test_missing_view_logprobs_name_the_key() -> None:
     z = torch.zeros(1, 2)
-    with pytest.raises(KeyError, match="view/vppo_mask/old_logprobs"):
+    with pytest.raises(KeyError, match=r"views\['vppo_mask'\]\.old_logprobs"):
         Vppo(_cfg()).loss(_inputs(z, z, z, torch.ones(1, 2), {}))
-    with pytest.raises(KeyError, match="'old_logprobs'"):
-        Vppo(_cfg(stats_scope="global")).compute_advantages(torch.zeros(2), 2, torch.ones(2, 2), {AUG: z})
+    with pytest.raises(KeyError, match=r"views\['vppo_mask'\]\.old_logprobs"):
+        Vppo(_cfg(stats_scope="global")).compute_advantages(torch.zeros(2), 2, _ctx(torch.ones(2, 2)))
+    # The driver-side old log-probs are a typed field of the step context: it cannot lack them.
+    with pytest.raises(TypeError, match="'old_logprobs'"):
+        StepContext(response_mask=torch.ones(2, 2), step=1, total_steps=1,  # type: ignore[call-arg]
+                    micro_batches=[[0, 1]], device_mini_batches=[[0, 1]], branch=torch.zeros(2, dtype=torch.long))
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
@@ -404,7 +436,7 @@ def test_loss_and_metrics_sum_over_micro_batches(mode: str) -> None:
 
     def run(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         out = algo.loss(_inputs(b["old"][idx] + theta[idx], b["old"][idx], adv[idx], b["mask"][idx],
-                                {AUG: b["aug"][idx]}, num_tokens, num_seqs))
+                                _views(b["aug"][idx]), num_tokens, num_seqs))
         return out.loss, out.metrics
 
     full_loss, full_metrics = run(list(range(7)))
@@ -434,13 +466,16 @@ def test_papo_plus_vppo_combines_every_hook() -> None:
     assert views["vppo_mask"].transform == TileBlackening(prob=0.5) and views["vppo_mask"].per_response
 
     b = _random_step()
-    extras = {"old_logprobs": b["old"], AUG: b["aug"], "view/papo_mask/old_logprobs": b["aug"] - 0.2}
-    adv = both.compute_advantages(b["rewards"], 3, b["mask"], extras)
-    torch.testing.assert_close(adv, vppo.compute_advantages(b["rewards"], 3, b["mask"], extras))
-    assert {"papo/gamma", "vppo/alpha_mean"} <= set(both.last_metrics)
+    views = {**_views(b["aug"]), "papo_mask": ViewOutputs(old_logprobs=b["aug"] - 0.2)}
+    ctx = _ctx(b["mask"], b["old"], views)
+    adv = both.compute_advantages(b["rewards"], 3, ctx)
+    torch.testing.assert_close(adv, vppo.compute_advantages(b["rewards"], 3, ctx))
+    assert {"papo/gamma", "vppo/alpha_mean"} <= set(both.step_metrics())
+    # The composed metrics are each parent's, merged (VPPO's first: PAPO's hook wraps it).
+    assert both.step_metrics() == {**vppo.step_metrics(), "papo/gamma": 0.02, "papo/entropy_scale": 1.0}
 
     logp = b["old"] + b["theta"]
-    inp = _inputs(logp, b["old"], adv.to(F64), b["mask"], extras)
+    inp = _inputs(logp, b["old"], adv.to(F64), b["mask"], views)
     assert both.token_weights(inp).tolist() == vppo.token_weights(inp).tolist()  # type: ignore[union-attr]
     out, out_v, out_p = both.loss(inp), vppo.loss(inp), papo.loss(inp)
     papo_extra = out_p.metrics["loss"] - out_p.metrics["pg_loss"]

@@ -12,6 +12,7 @@ from rl_vlm.config import RolloutConfig
 from rl_vlm.data.dataset import RowDataset
 from rl_vlm.data.easy_vqa import convert_easy_vqa
 from rl_vlm.data.sampling import PromptSampler
+from tests.distributed.engine_logprobs import prompt_logprobs
 
 SYNC_TOL = 1e-4  # fp32 on both sides; measured ~7e-7 (kernel summation order only)
 
@@ -58,13 +59,13 @@ def test_sync_makes_engine_and_learner_agree(setup) -> None:
     for i, p in enumerate(prompts):
         resp = after[2 * i].response_ids
         ours = _learner_logprobs(hf, proc, p, resp)
-        theirs = torch.tensor(engine.prompt_logprobs(p, resp))
+        theirs = torch.tensor(prompt_logprobs(engine, p, resp))
         sampled = torch.tensor(after[2 * i].logprobs)
         worst = max(worst, (ours - theirs).abs().max().item(), (ours - sampled).abs().max().item())
     assert worst < SYNC_TOL, worst
     # Without the image-token types transformers silently uses 1-D positions: a real mismatch.
     p, resp = prompts[0], after[0].response_ids
-    off = (_learner_logprobs(hf, proc, p, resp, with_mm_types=False) - torch.tensor(engine.prompt_logprobs(p, resp)))
+    off = (_learner_logprobs(hf, proc, p, resp, with_mm_types=False) - torch.tensor(prompt_logprobs(engine, p, resp)))
     assert off.abs().max().item() > 10 * SYNC_TOL
 
 

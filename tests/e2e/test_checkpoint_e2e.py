@@ -127,6 +127,7 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
     from rl_vlm.data.sampling import PromptSampler
     from rl_vlm.distributed.workers.learner import token_logprobs
     from rl_vlm.distributed.workers.rollout import RolloutEngine
+    from tests.distributed.engine_logprobs import prompt_logprobs
 
     run_dir = reference_run
     out = tmp_path / "exported"
@@ -152,7 +153,7 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
                     image_grid_thw=enc["image_grid_thw"],
                     mm_token_type_ids=(ids == hf.config.image_token_id).int()).logits
     ours = token_logprobs(logits, ids)[0, -len(response):]
-    theirs = torch.tensor(engine.prompt_logprobs(prompt, response))
+    theirs = torch.tensor(prompt_logprobs(engine, prompt, response))
     assert (ours - theirs).abs().max().item() < 1e-3
 
 

@@ -4,20 +4,18 @@ one bucket at a time to every vLLM worker."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rl_vlm.distributed.interfaces import ObjectRef
     from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
-
-
 
 
 @dataclass(frozen=True)
 class CollectiveSync:
     """A collective weight sync in flight: the learner ranks' ``broadcast_weights`` futures."""
 
-
-    futures: list[Any]
+    futures: list[ObjectRef]
 
 
 def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: str) -> str:
@@ -42,7 +40,7 @@ def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: s
     joins = [a.join_weight_group.remote(host, port, world, backend, bucket_bytes) for a in learners.actors]
     engines = [a.join_weight_group.remote(host, port, 1 + i * tp, world, backend, plan)
                for i, a in enumerate(rollout.actors)]
-    learners._get(joins)
+    learners.group.wait(joins)
     ray.get(engines)
     rollout.collective = learners.collective = True
     return mode

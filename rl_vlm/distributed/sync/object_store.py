@@ -3,12 +3,15 @@ an engine reads and concatenates them (the default on CPU and in mixed clusters)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from rl_vlm.distributed.interfaces import WeightRefs
 
-def fetch_buckets(refs: list[list[Any]]) -> list[list[tuple[str, torch.Tensor]]]:
+
+def fetch_buckets(refs: WeightRefs) -> list[list[tuple[str, torch.Tensor]]]:
     """Inside an engine: every bucket of :meth:`LearnerGroup.publish_weights` as full tensors,
     read in place from the object store (the ranks' parts concatenated, one copy)."""
     import ray

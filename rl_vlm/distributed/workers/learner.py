@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,37 +23,10 @@ import torch
 
 from rl_vlm.algorithms import build_algorithm
 from rl_vlm.algorithms.base import LossInputs
+from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import SequenceBatch
 from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
-
-
-@dataclass
-class RankShard:
-    """One rank's share of a step: the sequences of every mini-batch, in mini-batch order.
-
-    ``mini_batches[k]`` lists indices into ``prompt_ids`` belonging to mini-batch k;
-    ``num_tokens[k]`` and ``num_seqs[k]`` are that mini-batch's totals over *all* ranks (the
-    loss denominators).
-    """
-
-    images: list[list[Any]]
-    """Distinct PIL image lists this rank needs (raw and view images alike)."""
-    image_index: list[int]
-    """[n] which entry of ``images`` each sequence was sampled with."""
-    view_index: dict[str, list[int]]
-    """view name -> [n] which entry of ``images`` is that view of each sequence."""
-    prompt_ids: list[list[int]]
-    """[n] prompt tokens (image pads expanded)."""
-    response_ids: list[list[int]]
-    """[n] response tokens."""
-    mini_batches: list[list[int]]
-    num_tokens: list[float]
-    num_seqs: list[float]
-    max_response_len: int
-    temperature: float = 1.0
-    """Logits are divided by the rollout temperature before log-softmax (as verl/EasyR1 do)."""
-    step: int = 0
-    total_steps: int = 0
+from rl_vlm.distributed.sharding import RankShard
 
 
 def _partition(p: torch.nn.Parameter) -> torch.Tensor:
@@ -271,7 +244,7 @@ class Learner:
         """For every view of the algorithm, per sequence: ``old_logprobs`` with the view's
         images and, for ``full_kl`` views, the exact per-token ``kl`` = KL(P ‖ P_view) and
         ``kl_rev`` = KL(P_view ‖ P) of the full next-token distributions (P: own images).
-        Kept for the update's extras and returned to the driver."""
+        Kept for the update (:attr:`LossInputs.views`) and returned to the driver."""
         self.engine.eval()
         s = self.shard
         n = len(s.prompt_ids)
@@ -318,19 +291,19 @@ class Learner:
                 b = self._collate(micro)
                 logp, ent = self._forward(self.engine, b, with_entropy=True)
                 dev = logp.device
-                extras: dict[str, Any] = {"step": s.step, "total_steps": s.total_steps}
-                for name, res in self._view_out.items():
-                    for key, values in res.items():
-                        extras[f"view/{name}/{key}"] = self._per_token(values, micro, b).to(dev)
+                views = {name: ViewOutputs(**{key: self._per_token(values, micro, b).to(dev)
+                                              for key, values in res.items()})
+                         for name, res in self._view_out.items()}
                 for name in grad_views:
-                    extras[f"view/{name}/logprobs"], _ = self._forward(self.engine, self._collate(micro, name), False)
+                    logprobs, _ = self._forward(self.engine, self._collate(micro, name), False)
+                    views[name] = replace(views[name], logprobs=logprobs)
                 inp = LossInputs(
                     logprobs=logp, old_logprobs=self._per_token(old_logprobs, micro, b).to(dev),
                     ref_logprobs=None if ref_logprobs is None else self._per_token(ref_logprobs, micro, b).to(dev),
                     advantages=self._per_token(advantages, micro, b).to(dev), response_mask=b.response_mask.to(dev),
                     entropy=ent if self.algorithm.needs_entropy_grad else ent.detach(),
                     num_tokens=s.num_tokens[k], num_seqs=s.num_seqs[k],
-                    max_response_len=s.max_response_len, extras=extras)
+                    max_response_len=s.max_response_len, step=s.step, total_steps=s.total_steps, views=views)
                 res = self.algorithm.loss(inp)
                 self.engine.backward(res.loss * self.gas * self.world_size)
                 self.engine.step()

@@ -1,20 +1,24 @@
 """One rollout engine: a vLLM ``LLM`` that samples responses and reloads weights in place.
 
-A plain class; :mod:`rl_vlm.distributed.pools` wraps it in a Ray actor. The engine runs in-process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the actor owns it directly.
+A plain class (tests drive it without Ray); :mod:`rl_vlm.distributed.pools` makes it a Ray
+actor. The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the actor owns it
+directly.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rl_vlm.batch import Prompt
 from rl_vlm.config import RolloutConfig
 from rl_vlm.validation import resolve_rollout_dtype
+
+if TYPE_CHECKING:
+    from rl_vlm.distributed.interfaces import WeightRefs
 
 
 @dataclass
@@ -36,7 +40,7 @@ class RolloutEngine:
                  max_model_len: int = 2048) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
             # Before the engine exists: vLLM keeps the thread count it finds when OMP_NUM_THREADS is set.
             torch.set_num_threads(cfg.torch_threads)
         from vllm import LLM
@@ -64,6 +68,16 @@ class RolloutEngine:
         banned = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
         ids = [tok.convert_tokens_to_ids(t) for t in banned]
         self.logit_bias = {i: -100.0 for i in ids if isinstance(i, int) and i != tok.unk_token_id}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    @staticmethod
+    def node_id() -> str:
+        """The Ray node this engine runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     @staticmethod
     def _request(p: Prompt) -> dict[str, Any]:
@@ -108,22 +122,14 @@ class RolloutEngine:
         Returns the workers' group ranks."""
         return self.llm.collective_rpc("rl_vlm_join_group", args=(host, port, rank_offset, world_size, backend, plan))
 
+    def load_buckets(self, refs: WeightRefs, version: int) -> int:
+        """Load the buckets a learner pool published to the object store (object-store weight
+        sync; also how a restarted engine catches up)."""
+        from rl_vlm.distributed.sync.object_store import fetch_buckets
+
+        return self.update_weights(fetch_buckets(refs), version)
+
     def receive_weights(self, version: int) -> int:
         """Receive the buckets learner rank 0 broadcasts and load them (collective weight sync)."""
         self.llm.collective_rpc("rl_vlm_receive")
         return self._reloaded(version)
-
-    def prompt_logprobs(self, prompt: Prompt, response_ids: list[int]) -> list[float]:
-        """The engine's log-prob of each of ``response_ids`` after ``prompt`` (teacher-forced)."""
-        from vllm import SamplingParams, TokensPrompt
-
-        # Token prompts carry one <|image_pad|> per image; the engine expands it itself.
-        unexpanded = self.llm.get_tokenizer()(prompt.prompt_text, add_special_tokens=False).input_ids
-        req = TokensPrompt(prompt_token_ids=unexpanded + list(response_ids),
-                           multi_modal_data={"image": list(prompt.images)})
-        out = self.llm.generate([req], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
-        n_prompt = len(out.prompt_token_ids) - len(response_ids)
-        if list(out.prompt_token_ids[n_prompt:]) != list(response_ids):
-            raise RuntimeError("the engine changed the response tokens of a teacher-forced prompt")
-        tail = out.prompt_logprobs[n_prompt:]
-        return [float(d[t].logprob) for d, t in zip(tail, response_ids)]
