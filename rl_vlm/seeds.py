@@ -13,6 +13,7 @@ _SOURCE = 7919
 _STEP = 100_003
 _ATTEMPT = 1_000_003
 _ENGINE = 7919
+_ENGINE_INIT = 1000
 _PROMPT = 1009
 _ROLLOUT_VIEW = 1000
 _RESPONSE_VIEW = 1_000_000
@@ -36,6 +37,11 @@ def rollout_request(run_seed: int, step: int, attempt: int = 0) -> int:
     """A step's generation request; dynamic sampling's round ``attempt`` gets its own (round 0 is
     the seed of a run without dynamic sampling)."""
     return run_seed * _STEP + step + _ATTEMPT * attempt
+
+
+def engine(run_seed: int, engine: int) -> int:
+    """vLLM's own seed of engine ``engine`` (every request also carries its own seed)."""
+    return run_seed + _ENGINE_INIT * engine
 
 
 def engine_share(request_seed: int, engine: int) -> int:

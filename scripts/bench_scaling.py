@@ -64,7 +64,8 @@ def reconfigure(sys_: Any, B: int, G: int, T: int) -> None:
 def main() -> dict[str, Any]:
     from rl_vlm.algorithms import build_algorithm
     from rl_vlm.compose import compose
-    from rl_vlm.driver.controller import _shutdown, train_step
+    from rl_vlm.distributed.provider import FreshPools
+    from rl_vlm.driver.controller import train_step
     from rl_vlm.driver.system import build_system
     from rl_vlm.validation import validate
 
@@ -92,7 +93,8 @@ def main() -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "parameters": n_params, "base": BASE, "points": [], "fits": {}}
     algorithm = build_algorithm(cfg.algorithm)
     t0 = time.perf_counter()
-    sys_ = build_system(cfg)
+    pools = FreshPools()
+    sys_ = build_system(cfg, pools)
     report["startup_s"] = time.perf_counter() - t0
     step = 0
     cache: dict[tuple[int, int, int], dict[str, Any]] = {}
@@ -119,7 +121,7 @@ def main() -> dict[str, Any]:
                 report["points"].append({"axis": axis, "value": v, **cache[key]})
                 write_json(out / "results.json", report)
     finally:
-        _shutdown()
+        pools.release(failed=False)
     for axis, values in axes.items():
         pts = [q for q in report["points"] if q["axis"] == axis]
         keys = ["step_s"] + sorted(k for k in pts[0] if k.startswith("time/"))

@@ -10,6 +10,7 @@ def test_derived_seeds_are_pinned() -> None:
     # Round 0 of dynamic sampling is the plain run's request seed.
     assert seeds.rollout_request(1, 5) == seeds.rollout_request(1, 5, 0) == 100_008
     assert seeds.rollout_request(3, 7, 2) == 3 * 100_003 + 7 + 2 * 1_000_003
+    assert seeds.engine(1, 2) == 2001
     assert seeds.engine_share(100_008, 1) == 100_008 + 7919
     assert seeds.engine_prompt(100_008, 4) == 100_008 * 1009 + 4
     assert seeds.learner_rank(1, 1) == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -17,20 +17,48 @@ from rl_vlm.checkpoint.store import (
     save_torch_atomic,
     set_rng_state,
 )
+from rl_vlm.config import Config
+from rl_vlm.data.sampling import Sampler
+from rl_vlm.distributed.interfaces import LearnerPool, RolloutPool
 
-if TYPE_CHECKING:
-    from rl_vlm.driver.system import System
+log = logging.getLogger("rl_vlm.checkpoint")
 
 
-log = logging.getLogger("rl_vlm.driver")
+class StagedState(Protocol):
+    """The curriculum's part of a checkpoint: current stage, every stage's sampler position,
+    difficulty estimates."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def save_checkpoint(sys_: System, store: CheckpointStore, step: int) -> str:
+class Resumable(Protocol):
+    """What a checkpoint saves from and restores into: the driver's running system
+    (:class:`rl_vlm.driver.system.System`), seen through the parts that hold state."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def rollout(self) -> RolloutPool: ...
+
+    @property
+    def learner_pool(self) -> LearnerPool: ...
+
+    @property
+    def train_sampler(self) -> Sampler: ...
+
+    @property
+    def curriculum(self) -> StagedState: ...
+
+
+def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int) -> str:
     """Write the complete state after ``step`` atomically: learner shards (model, optimizer,
     scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version) + config."""
     t0 = time.perf_counter()
     with store.begin(step) as ck:
-        sys_.learners.save_checkpoint(ck.path)
+        sys_.learner_pool.save_checkpoint(ck.path)
         save_torch_atomic(os.path.join(ck.path, "driver.pt"), {
             "step": step, "sampler": sys_.train_sampler.state_dict(), "rng": rng_state(),
             "weight_version": sys_.rollout.weight_version, "curriculum": sys_.curriculum.state_dict()})
@@ -41,14 +69,13 @@ def save_checkpoint(sys_: System, store: CheckpointStore, step: int) -> str:
     return f"checkpoint {ck.final_path}: {size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s"
 
 
-def restore_checkpoint(sys_: System, path: str) -> int:
+def restore_checkpoint(sys_: Resumable, path: str) -> int:
     """Load checkpoint ``path`` into the running system; returns the step it was taken after."""
-    sys_.learners.load_checkpoint(path)
+    sys_.learner_pool.load_checkpoint(path)
     state = torch.load(os.path.join(path, "driver.pt"), weights_only=False)
     if "curriculum" in state:  # the stage, every stage's sampler position, the difficulty estimates
-        sys_.curriculum.load_state_dict(state["curriculum"])
-        sys_.curriculum.install(sys_)
+        sys_.curriculum.load_state_dict(state["curriculum"])  # train_sampler is the restored stage's
     sys_.train_sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
-    sys_.rollout.load_weights(sys_.learners.publish_weights(), state["weight_version"])
+    sys_.rollout.load_weights(sys_.learner_pool.publish_weights(), state["weight_version"])
     return int(state["step"])

@@ -302,12 +302,3 @@ class RowDataset:
         uid = str(uid) if uid is not None else f"{os.path.basename(r.file)}:{r.row}"
         return Prompt(uid=uid, prompt_text=text, images=images, row=dict(r.fields))
 
-
-def __getattr__(name: str) -> Any:
-    # PromptSampler lived here before rl_vlm.data.sampling; old imports (rl_vlm/driver/system.py
-    # for now) keep working. Lazy, because rl_vlm.data.sampling imports this module.
-    if name == "PromptSampler":
-        from rl_vlm.data.sampling import PromptSampler
-
-        return PromptSampler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

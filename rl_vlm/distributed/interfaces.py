@@ -9,6 +9,7 @@ wiring). Importing this module imports no Ray.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rl_vlm.distributed.sync.collective import CollectiveSync
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch, StepShape
+    from rl_vlm.config import Config
 
 
 ObjectRef = Any
@@ -113,4 +115,29 @@ class LearnerPool(Protocol):
 
     def save_hf(self, out_dir: str) -> None:
         """Write a Hugging Face directory of the current policy."""
+        ...
+
+
+@dataclass
+class Pools:
+    """The two pools of one run."""
+
+    rollout: RolloutPool
+    learners: LearnerPool | None
+    """None when only the rollout pool was asked for (evaluation)."""
+
+
+class PoolProvider(Protocol):
+    """Where a run gets its pools: :class:`rl_vlm.distributed.provider.FreshPools` (the default: a
+    new Ray instance and new actors per run) or :class:`~rl_vlm.distributed.provider.SharedPools`
+    (actors kept between runs of one process and re-pointed at each run's config); tests also
+    pass in-process fakes. The driver calls :meth:`acquire` once per attempt of a run and
+    :meth:`release` when the attempt ends."""
+
+    def acquire(self, cfg: Config, with_learners: bool) -> Pools:
+        """Pools for ``cfg`` (validated), holding ``model.path``'s weights, weight version 0."""
+        ...
+
+    def release(self, failed: bool) -> None:
+        """The run is over; ``failed``: a worker died, nothing of these pools may be reused."""
         ...

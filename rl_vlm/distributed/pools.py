@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rl_vlm import seeds
 from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch, StepShape
 from rl_vlm.config import Config
 from rl_vlm.distributed.group import (
@@ -67,10 +68,19 @@ class RolloutGroup:
         self._refs: WeightRefs = []
         self._collective = False
         self._restart_policy = Restart(reinit=self._catch_up)
-        args = [(cfg.model.path, cfg.rollout, cfg.trainer.seed + 1000 * i, device)
+        args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device)
                 for i in range(len(layout.rollout_bundles))]
         self.group = ActorGroup(RolloutEngine, layout.rollout_bundles, args, name="rl_vlm_rollout",
                                 what="rollout engine", policy=self._restart_policy)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Re-point the engines at another run whose engine settings are the same (the caller
+        checks): they keep their processes and vLLM state, and hold the previous run's weights
+        until the caller loads the new run's (:meth:`load_weights`, version 0)."""
+        self.cfg = cfg.rollout
+        self.weight_version = 0
+        self._refs = []
+        self.group.restarts = 0  # ``rollout/restarts`` counts this run's
 
     @property
     def actors(self) -> list[ActorHandle]:
@@ -107,7 +117,7 @@ class RolloutGroup:
                  seed: int) -> RolloutBatch:
         k = len(self.actors)
         chunks = [prompts[i * len(prompts) // k: (i + 1) * len(prompts) // k] for i in range(k)]
-        args = {i: (c, n, temperature, top_p, self.cfg.max_new_tokens, seed + 7919 * i)
+        args = {i: (c, n, temperature, top_p, self.cfg.max_new_tokens, seeds.engine_share(seed, i))
                 for i, c in enumerate(chunks) if c}
         samples = [s for part in self.group.call_each("generate", args) for s in part]
         return RolloutBatch(
@@ -131,6 +141,13 @@ class RolloutGroup:
         return self.group.call(method, *args)
 
 
+def _accumulation_steps(cfg: Config) -> int:
+    """Micro-batches per rank and optimizer step: each rank gets its share of a mini-batch's
+    ``mini_batch_size * rollout.n`` sequences, ``micro_batch_size`` at a time."""
+    per_rank_seqs = cfg.learner.mini_batch_size * cfg.rollout.n // cfg.learner.num_ranks
+    return per_rank_seqs // cfg.learner.micro_batch_size
+
+
 class LearnerGroup:
     """``learner.num_ranks`` DeepSpeed ZeRO-3 ranks forming one process group; a dead rank is a
     :class:`WorkerFailure` (the others would hang in the next collective)."""
@@ -147,12 +164,21 @@ class LearnerGroup:
                                 what="learner rank", policy=Fail())
         # Rank 0 hosts the rendezvous of the ranks' process group.
         addr, port = self.group.call_each("free_address", {0: ()})[0]
-        per_rank_seqs = cfg.learner.mini_batch_size * cfg.rollout.n // n
-        gas = per_rank_seqs // cfg.learner.micro_batch_size
-        self.num_params: int = self.group.call("init", addr, port, gas)[0]
+        self.num_params: int = self.group.call("init", addr, port, _accumulation_steps(cfg))[0]
         self.collective = False
         self.sharding: StepSharding = shard_step([], n, 1, 1)
         """The split of the last :meth:`set_batch` (none before the first)."""
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Re-point the ranks at another run (same ``learner.num_ranks``): every rank drops its
+        engines and builds the new run's in its own process (:meth:`Learner.reinit`), as fresh
+        actors would, without paying the process start and imports again."""
+        if cfg.learner.num_ranks != self.world_size:
+            raise ValueError(f"learner.num_ranks={cfg.learner.num_ranks}, but this pool has {self.world_size} ranks")
+        self.cfg = cfg
+        self.num_params = self.group.call("reinit", cfg.model, cfg.learner, cfg.algorithm, cfg.trainer.seed,
+                                          _accumulation_steps(cfg))[0]
+        self.sharding = shard_step([], self.world_size, 1, 1)
 
     @property
     def actors(self) -> list[ActorHandle]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
 
 import torch
 
@@ -22,6 +21,8 @@ from rl_vlm.checkpoint.resume import resume_point, write_resolved_config
 from rl_vlm.checkpoint.state import restore_checkpoint, save_checkpoint
 from rl_vlm.checkpoint.store import CheckpointStore
 from rl_vlm.config import Config, to_dict
+from rl_vlm.data.skipped import SKIPPED_ROWS_FILE, SkippedRowsLog
+from rl_vlm.distributed.interfaces import PoolProvider
 from rl_vlm.distributed.pools import WorkerFailure
 from rl_vlm.driver.evaluation import run_validation
 from rl_vlm.driver.experience import (
@@ -31,7 +32,12 @@ from rl_vlm.driver.experience import (
     pad_responses,
     response_views,
 )
-from rl_vlm.driver.metrics import response_stats
+from rl_vlm.driver.metrics import (
+    response_stats,
+    reward_metrics,
+    run_state_metrics,
+    timing_metrics,
+)
 from rl_vlm.driver.rollout_phase import rollout_and_score
 from rl_vlm.driver.sft import sft_step
 from rl_vlm.driver.signals import install_stop_handler
@@ -42,8 +48,9 @@ from rl_vlm.validation import validate
 log = logging.getLogger("rl_vlm.driver")
 
 
-def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
-    cfg, timer = sys_.cfg, PhaseTimer()
+def train_step(sys_: System, algorithm: Algorithm, step: int) -> dict[str, float]:
+    """One RL step, one timed phase per arrow of the data flow; returns the step's metrics."""
+    cfg, timer, learners = sys_.cfg, PhaseTimer(), sys_.learner_pool
     seed, G, total = cfg.trainer.seed, cfg.rollout.n, cfg.trainer.total_steps
     t0 = time.perf_counter()
     # Phases "rollout" and "reward" (several rounds with data.dynamic_sampling).
@@ -54,38 +61,30 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         shape = StepShape(mini_batch_size=cfg.learner.mini_batch_size, group_size=G,
                           max_response_len=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                           step=step, total_steps=total)
-        sys_.learners.set_batch(batch, shape)
-        old = (sys_.learners.compute_logprobs() if cfg.learner.old_logprobs == "recompute"
+        learners.set_batch(batch, shape)
+        old = (learners.compute_logprobs() if cfg.learner.old_logprobs == "recompute"
                else [torch.tensor(lp, dtype=torch.float32) for lp in rollout.rollout_logprobs])
-        ref = sys_.learners.compute_logprobs("reference") if algorithm.needs_reference else None
+        ref = learners.compute_logprobs("reference") if algorithm.needs_reference else None
         ctx = step_context(sys_, algorithm, rollout, len(prompts), old, ref, step)
     with timer("advantage"):
         mask = ctx.response_mask
         scores = algorithm.score_rollouts(scored.overall, scored.sub_scores, G, ctx)
         adv = algorithm.compute_advantages(scores.rewards, G, ctx)
-        keep = algorithm.select_for_update(adv, G, ctx)
-        keep = list(range(len(rollout.response_ids))) if keep is None else keep.tolist()
+        selected = algorithm.select_for_update(adv, G, ctx)
+        keep = list(range(len(rollout.response_ids))) if selected is None else selected.tolist()
         advantages = [adv[i, : len(rollout.response_ids[i])] for i in keep]
     with timer("update"):
         if len(keep) != len(rollout.response_ids):  # the algorithm dropped sequences: re-shard
-            sys_.learners.set_batch(batch.subset(keep), shape)
-            sys_.learners.compute_views()
-        actor = sys_.learners.update(advantages, [old[i] for i in keep],
-                                     None if ref is None else [ref[i] for i in keep])
+            learners.set_batch(batch.subset(keep), shape)
+            learners.compute_views()
+        actor = learners.update(advantages, [old[i] for i in keep], None if ref is None else [ref[i] for i in keep])
     with timer("sync"):
-        refs = sys_.learners.publish_weights()
-        versions = sys_.rollout.load_weights(refs, step)
-    step_s = time.perf_counter() - t0
-    n_tokens = sum(len(p) + len(r) for p, r in zip(rollout.prompt_ids, rollout.response_ids))
+        versions = sys_.rollout.load_weights(learners.publish_weights(), step)
     old_pad, _ = pad_responses(old)
     roll_pad, _ = pad_responses(rollout.rollout_logprobs)
-    metrics = {
-        "reward/mean": scored.overall.mean().item(),
-        "reward/std": scored.overall.std().item(),
-        # Mixed-task batches: a sub-score is averaged over the samples that were scored with it.
-        **{f"reward/{k}": v[scored.present[k]].mean().item() for k, v in scored.sub_scores.items()
-           if scored.present[k].any()},
-        "reward/errors": float(scored.num_errors),
+    engine_gap = (old_pad - roll_pad).abs() * mask
+    return {
+        **reward_metrics(sys_, scored),
         **response_stats(rollout),
         **scores.metrics,
         **algorithm.step_metrics(),
@@ -93,27 +92,20 @@ def train_step(sys_: System, algorithm: Any, step: int) -> dict[str, float]:
         "advantage/abs_max": adv.abs().max().item(),
         **{f"actor/{k}": v for k, v in actor.items()},
         # How far the engine's sampling distribution is from the learner's (same weights).
-        "rollout/logprob_diff": ((old_pad - roll_pad).abs() * mask).sum().item() / max(mask.sum().item(), 1),
-        "rollout/logprob_max_diff": ((old_pad - roll_pad).abs() * mask).max().item(),
-        "sync/version_min": float(min(versions)),
-        "rollout/restarts": float(sys_.rollout.restarts),
-        "data/epoch": float(sys_.train_sampler.epoch),
-        "data/skipped": float(sys_.train_sampler.num_skipped),
+        "rollout/logprob_diff": engine_gap.sum().item() / max(mask.sum().item(), 1),
+        "rollout/logprob_max_diff": engine_gap.max().item(),
+        **run_state_metrics(sys_, versions),
         **sampled.metrics,
-        **timer.times,
-        "perf/step_s": step_s,
-        "perf/tokens_per_s": n_tokens / step_s,
+        **timing_metrics(timer, t0, sum(len(p) + len(r) for p, r in zip(rollout.prompt_ids, rollout.response_ids,
+                                                                        strict=True))),
     }
-    if cfg.reward.accuracy_key in scored.sub_scores:
-        metrics["reward/accuracy"] = scored.sub_scores[cfg.reward.accuracy_key].mean().item()
-    return metrics
 
 
 def step_context(sys_: System, algorithm: Algorithm, rollout: RolloutBatch, num_raw_prompts: int,
                  old: list[torch.Tensor], ref: list[torch.Tensor] | None, step: int) -> StepContext:
     """The response-aligned inputs of the driver-side algorithm hooks (contract:
     :mod:`rl_vlm.algorithms.base`); runs the extra learner passes the algorithm asks for."""
-    learners = sys_.learners
+    learners = sys_.learner_pool
     old_pad, mask = pad_responses(old)
     views = response_views(learners.compute_views()) if algorithm.views() else {}
     ema = pad_responses(learners.compute_logprobs("ema"))[0] if algorithm.ema_reference() is not None else None
@@ -126,24 +118,27 @@ def step_context(sys_: System, algorithm: Algorithm, rollout: RolloutBatch, num_
                      if algorithm.needs_answer_span else None))
 
 
-def train(cfg: Config) -> str:
+def train(cfg: Config, pools: PoolProvider | None = None) -> str:
     """Run ``cfg`` to completion; returns the run directory.
-
 
     Resumes from ``trainer.resume`` (default: the newest complete checkpoint of the run
     directory). A learner rank that dies makes the whole system restart from the newest
-    checkpoint, at most ``trainer.max_restarts`` times.
+    checkpoint, at most ``trainer.max_restarts`` times. ``pools``: where the actors come from
+    (default: new ones for this run, shut down at its end; see :mod:`rl_vlm.distributed.provider`).
     """
+    from rl_vlm.distributed.provider import FreshPools
+
     validate(cfg)
+    provider = pools or FreshPools()
     run_dir = cfg.trainer.output_dir
     os.makedirs(run_dir, exist_ok=True)
     store = CheckpointStore(run_dir, cfg.trainer.keep_last)
     resume_from = resume_point(cfg, store)
     for restart in range(cfg.trainer.max_restarts + 1):
         try:
-            return _run(cfg, store, resume_from)
+            return _run(cfg, store, resume_from, provider)
         except WorkerFailure as e:
-            _shutdown()
+            provider.release(failed=True)
             resume_from = store.latest()
             where = f"checkpoint {resume_from}" if resume_from else "the start (no checkpoint yet)"
             if restart == cfg.trainer.max_restarts:
@@ -154,28 +149,30 @@ def train(cfg: Config) -> str:
     raise AssertionError("unreachable")
 
 
-def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
+def _run(cfg: Config, store: CheckpointStore, resume_from: str | None, provider: PoolProvider) -> str:
     t, run_dir = cfg.trainer, cfg.trainer.output_dir
     write_resolved_config(cfg, run_dir)
     algorithm = build_algorithm(cfg.algorithm)
-    sys_ = build_system(cfg)
+    sys_ = build_system(cfg, provider)
     start = restore_checkpoint(sys_, resume_from) if resume_from else 0
     tracker = Tracker(t, run_dir, to_dict(cfg), t.total_steps, start_step=start)
+    skipped_rows = SkippedRowsLog(os.path.join(run_dir, SKIPPED_ROWS_FILE))
     stop = install_stop_handler()  # after ray.init, which installs its own SIGTERM handler
-    tracker.write(f"run dir {run_dir}: {sys_.learners.num_params / 1e6:.2f} M parameters, "
+    tracker.write(f"run dir {run_dir}: {sys_.learner_pool.num_params / 1e6:.2f} M parameters, "
                   f"{len(sys_.val_prompts)} validation prompts"
                   + (f"; resumed from {resume_from} at step {start}" if resume_from else ""))
     try:
         if t.val_every and t.val_before_train and start == 0:
             tracker.log(0, run_validation(sys_))
         for step in range(start + 1, t.total_steps + 1):
-            switch = sys_.curriculum.enter(sys_, step)  # the stage's sampler and rewards
+            switch = sys_.curriculum.enter(step)  # the stage's sampler and rewards
             if switch:
                 tracker.write(switch)
             metrics = (sft_step if sys_.curriculum.stage.cfg.type == "sft" else train_step)(sys_, algorithm, step)
             if t.val_every and (step % t.val_every == 0 or step == t.total_steps):
                 metrics.update(run_validation(sys_))
             tracker.log(step, metrics)  # before the save: a checkpoint never precedes its metrics
+            skipped_rows.update([s.sampler for s in sys_.curriculum.stages])  # new bad rows only
             tracker.advance(1, {k: metrics[k] for k in ("reward/mean", "perf/step_s") if k in metrics})
             if (t.save_every and step % t.save_every == 0) or step == t.total_steps or stop():
                 tracker.write(save_checkpoint(sys_, store, step))
@@ -184,38 +181,32 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None) -> str:
                 break
         else:
             if t.save_final_model:
-                sys_.learners.save_hf(os.path.join(run_dir, "final"))
+                sys_.learner_pool.save_hf(os.path.join(run_dir, "final"))
     finally:
         stop.restore()
         tracker.close()
-        sys_.rewards.close()
-        sys_.curriculum.close()
-        _shutdown()
+        sys_.curriculum.close()  # every stage's reward pool
+        provider.release(failed=False)
     return run_dir
 
 
-def evaluate(cfg: Config) -> dict[str, float]:
+def evaluate(cfg: Config, pools: PoolProvider | None = None) -> dict[str, float]:
     """Score ``model.path`` on ``data.val_files`` (``data.val_size`` rows, ``rollout.val_n``
     samples each at ``rollout.val_temperature``): reward, accuracy and pass@k. Writes
     ``<output_dir>/eval.json``."""
     import json
 
+    from rl_vlm.distributed.provider import FreshPools
 
     validate(cfg)
-    sys_ = build_system(cfg, with_learners=False)
+    provider = pools or FreshPools()
+    sys_ = build_system(cfg, provider, with_learners=False)
     try:
         metrics = run_validation(sys_)
     finally:
-        _shutdown()
+        sys_.curriculum.close()
+        provider.release(failed=False)
     os.makedirs(cfg.trainer.output_dir, exist_ok=True)
     with open(os.path.join(cfg.trainer.output_dir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump({"model": cfg.model.path, "val_files": list(cfg.data.val_files), **metrics}, f, indent=2)
     return metrics
-
-
-def _shutdown() -> None:
-    import ray
-
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -35,6 +35,7 @@ from rl_vlm.data.sampling import (
     DifficultyTracker,
     MixtureSampler,
     PromptSampler,
+    Sampler,
     TaskSubset,
 )
 from rl_vlm.rewards.manager import RewardManager, RewardResult
@@ -46,14 +47,13 @@ log = logging.getLogger("rl_vlm.driver")
 class Stage:
     """A built stage: its config, the step range it covers, its sampler and rewards."""
 
-
     index: int
     cfg: StageConfig
     name: str
     first_step: int
     last_step: int | None
     """Inclusive; None for the last stage, which runs until trainer.total_steps."""
-    sampler: Any
+    sampler: Sampler
     rewards: RewardManager
 
 
@@ -73,14 +73,11 @@ def stage_reward_config(run: RewardConfig, stage: StageConfig) -> RewardConfig:
 class Curriculum:
     """The stages of ``cfg.curriculum`` built against ``processor`` (see the module docstring).
 
-
     ``dataset_factory(files, template)`` builds a RowDataset (injected by tests)."""
-
 
     def __init__(self, cfg: Config, processor: Any = None,
                  dataset_factory: Callable[[Sequence[str], str], Any] | None = None) -> None:
         from rl_vlm.data.dataset import RowDataset
-
 
         d, m = cfg.data, cfg.model
         self.cfg = cfg
@@ -90,13 +87,11 @@ class Curriculum:
         self.difficulty = DifficultyTracker(cfg.curriculum.difficulty)
         cache: dict[tuple[tuple[str, ...], str], Any] = {}
 
-
         def dataset(files: Sequence[str], template: str) -> Any:
             key = (tuple(files), template)
             if key not in cache:
                 cache[key] = dataset_factory(list(files), template)
             return cache[key]
-
 
         stage_cfgs = cfg.curriculum.stages or (StageConfig(name="main", steps=max(cfg.trainer.total_steps, 1)),)
         self.stages: list[Stage] = []
@@ -128,22 +123,18 @@ class Curriculum:
                         cfg.trainer.total_steps, "the last stage runs on" if planned < cfg.trainer.total_steps
                         else "the run stops before the last stages end")
 
-
     # ---------------------------------------------------------------- position
     @property
     def stage(self) -> Stage:
         return self.stages[self.current]
 
-
     @property
     def sampler(self) -> Any:
         return self.stage.sampler
 
-
     @property
     def rewards(self) -> RewardManager:
         return self.stage.rewards
-
 
     def stage_at(self, step: int) -> int:
         """Index of the stage that training step ``step`` (1-based) belongs to."""
@@ -152,28 +143,21 @@ class Curriculum:
                 return s.index
         return len(self.stages) - 1
 
-
-    def install(self, system: Any) -> None:
-        """Point ``system.train_sampler`` / ``system.rewards`` at the current stage's."""
-        system.train_sampler, system.rewards = self.sampler, self.rewards
-
-
-    def enter(self, system: Any, step: int) -> str | None:
-        """Move to the stage of ``step`` and install it; returns the console line of a switch
-        (or of the first stage of a curriculum), else None."""
+    def enter(self, step: int) -> str | None:
+        """Move to the stage of ``step`` (its :attr:`sampler` and :attr:`rewards` become the
+        run's); returns the console line of a switch (or of the first stage of a curriculum),
+        else None."""
         idx = self.stage_at(step)
         switched = idx != self.current or not self.entered
         if idx != self.current:
             self.stages[self.current].rewards.close()  # one reward pool at a time
         self.current, self.entered = idx, True
-        self.install(system)
         if not switched or not self.cfg.curriculum.stages:
             return None
         s = self.stage
         end = "the end" if s.last_step is None else f"step {s.last_step}"
         return (f"curriculum {self.cfg.curriculum.name}: step {step} enters stage {s.index} '{s.name}' "
                 f"({s.cfg.type}, until {end}; rewards {list(s.rewards.names)})")
-
 
     # ---------------------------------------------------------------- per step
     def observe(self, prompts: Sequence[Prompt], scored: RewardResult, group_size: int) -> None:
@@ -184,23 +168,19 @@ class Curriculum:
         acc = scored.sub_scores[self.cfg.reward.accuracy_key][: len(prompts) * group_size]
         self.difficulty.observe(prompts, acc.view(-1, group_size).mean(dim=1).tolist())
 
-
     def metrics(self, prompts: Sequence[Prompt]) -> dict[str, float]:
         out = {"curriculum/stage": float(self.current)} if self.cfg.curriculum.stages else {}
         return {**out, **self.difficulty.metrics(prompts)}
 
-
     def close(self) -> None:
         for s in self.stages:
             s.rewards.close()
-
 
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         """The current stage, every stage's sampler position and the difficulty estimates."""
         return {"stage": self.current, "samplers": [s.sampler.state_dict() for s in self.stages],
                 "difficulty": self.difficulty.state_dict()}
-
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["samplers"]) != len(self.stages):

@@ -54,7 +54,6 @@ def merge_groups(parts: Sequence[tuple[RolloutBatch, RewardResult, int]]) -> tup
     keys = list(dict.fromkeys(k for _, s, _ in parts for k in s.sub_scores))
     n = len(idx)
 
-
     def pick(get: Callable[[RewardResult], torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
         out = torch.zeros(n, dtype=dtype)
         for row, (_, s, i) in enumerate(idx):
@@ -62,7 +61,6 @@ def merge_groups(parts: Sequence[tuple[RolloutBatch, RewardResult, int]]) -> tup
             if t is not None:
                 out[row] = t[i]
         return out
-
 
     errors: dict[str, int] = {}
     for s in {id(s): s for _, s, _ in parts}.values():
@@ -89,7 +87,6 @@ def sample_groups(draw: Callable[[], list[Prompt]], generate: Callable[[list[Pro
                   score: Callable[[RolloutBatch], RewardResult], data: DataConfig,
                   observe: Callable[[list[Prompt], RewardResult], None] | None = None) -> SampledGroups:
     """Draw, generate and score a batch; with ``data.dynamic_sampling``, DAPO's dynamic sampling.
-
 
     Without it: one batch, as drawn. With it: groups failing :func:`group_keep` on
     ``data.filter_key`` are dropped and whole batches are drawn again (``generate(prompts,
@@ -142,10 +139,8 @@ def rollout_and_score(system: Any, algorithm: Any, step: int, timer: Any) -> Sam
     dynamic sampling and the difficulty estimates; adds the curriculum's metrics."""
     from rl_vlm.driver.experience import with_rollout_views
 
-
     cfg = system.cfg
     seed, G = cfg.trainer.seed, cfg.rollout.n
-
 
     def generate(prompts: list[Prompt], attempt: int) -> RolloutBatch:
         with timer("rollout"):
@@ -154,17 +149,14 @@ def rollout_and_score(system: Any, algorithm: Any, step: int, timer: Any) -> Sam
                                            cfg.rollout.temperature, cfg.rollout.top_p,
                                            seed=seeds.rollout_request(seed, step, attempt))
 
-
     def score(rollout: RolloutBatch) -> RewardResult:
         with timer("reward"):
             rows = [p.row for p in rollout.prompts for _ in range(G)]
             return system.rewards.score(rollout.response_texts, rows, [len(r) for r in rollout.response_ids])
 
-
     def draw() -> list[Prompt]:
         with timer("rollout"):
             return system.train_sampler.next_batch()
-
 
     out = sample_groups(draw, generate, score, cfg.data,
                         lambda p, s: system.curriculum.observe(p, s, G))

@@ -15,9 +15,7 @@ log = logging.getLogger("rl_vlm.driver")
 class StopRequested:
     """A flag set by SIGTERM/SIGINT, made by :func:`install_stop_handler`; call it to read it.
 
-
     The training loop checks it once per step, after the step's update, and then saves and leaves::
-
 
         stop_requested = install_stop_handler()
         try:
@@ -31,11 +29,9 @@ class StopRequested:
         finally:
             stop_requested.restore()
 
-
     A second SIGINT (Ctrl-C again) raises KeyboardInterrupt at once; repeated SIGTERMs only keep
     the flag set (a scheduler's SIGKILL after its grace period ends the job; the atomic save
     means the previous checkpoint is then still intact).
-
 
     Install it *after* ``ray.init()``: ``ray.init`` sets its own SIGTERM handler (exit at once)
     and would replace this one; reading the flag warns once if that happened. Ray's worker
@@ -43,13 +39,11 @@ class StopRequested:
     alive to write the checkpoint.
     """
 
-
     def __init__(self) -> None:
         self.signal_name: str | None = None
         """Name of the first signal received (``"SIGTERM"``/``"SIGINT"``), None before any."""
         self._previous: dict[int, Any] = {}
         self._warned = False
-
 
     def __call__(self) -> bool:
         if not self._warned:
@@ -60,7 +54,6 @@ class StopRequested:
                             ", ".join(replaced))
         return self.signal_name is not None
 
-
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -68,7 +61,6 @@ class StopRequested:
             self.signal_name = signal.Signals(signum).name
             log.warning("%s received: finishing the current step, saving a checkpoint, then exiting "
                         "(Ctrl-C again to abort without saving)", self.signal_name)
-
 
     def restore(self) -> None:
         """Put back the handlers that were installed before."""

@@ -7,7 +7,6 @@ and torch and runs in well under a second.
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,10 +26,10 @@ from rl_vlm.config import (
     RewardFunctionConfig,
     StageConfig,
 )
+from rl_vlm.data.sampling import MixtureSampler, PromptSampler
 from rl_vlm.driver.curriculum import Curriculum
 from rl_vlm.driver.rollout_phase import group_keep, sample_groups
 from rl_vlm.driver.sft import sft_batch
-from rl_vlm.data.sampling import MixtureSampler, PromptSampler
 from rl_vlm.rewards.manager import RewardResult
 from rl_vlm.validation import validate
 
@@ -87,12 +86,11 @@ def test_stages_switch_at_their_boundaries_with_their_rewards() -> None:
     cfg = _config(stages, total=7)
     validate(cfg, check_paths=False)
     cur = Curriculum(cfg, dataset_factory=_factory({"yn": 8, "cls": 10}))
-    system = SimpleNamespace(train_sampler=None, rewards=None)
     seen = []
     for step in range(1, 8):
-        line = cur.enter(system, step)
-        batch = system.train_sampler.next_batch()
-        scored = system.rewards.score(["<think>x</think><answer>yes</answer>"] * 4, [p.row for p in batch])
+        line = cur.enter(step)
+        batch = cur.sampler.next_batch()
+        scored = cur.rewards.score(["<think>x</think><answer>yes</answer>"] * 4, [p.row for p in batch])
         seen.append((step, line is not None, cur.current, cur.stage.cfg.type, batch[0].uid.split(":")[0],
                      sorted(scored.sub_scores), cur.metrics(batch)["curriculum/stage"]))
     assert seen == [
@@ -115,25 +113,23 @@ def test_curriculum_state_round_trip_continues_in_the_same_stage() -> None:
     cfg = replace(_config(stages, total=7), curriculum=CurriculumConfig(
         name="t", stages=stages, difficulty=DifficultyConfig(mode="uid")))
     factory = _factory({"a": 9, "b": 13})
-    system = SimpleNamespace(train_sampler=None, rewards=None)
     cur = Curriculum(cfg, dataset_factory=factory)
     for step in range(1, 5):
-        cur.enter(system, step)
-        batch = system.train_sampler.next_batch()
+        cur.enter(step)
+        batch = cur.sampler.next_batch()
         cur.difficulty.observe(batch, [1.0] * len(batch))
     state = cur.state_dict()
     expected = []
     for step in range(5, 8):
-        cur.enter(system, step)
-        expected.append(_uids(system.train_sampler.next_batch()))
+        cur.enter(step)
+        expected.append(_uids(cur.sampler.next_batch()))
     resumed = Curriculum(cfg, dataset_factory=factory)
     resumed.load_state_dict(state)
-    resumed.install(system)
-    assert resumed.current == 1 and system.train_sampler is resumed.stages[1].sampler
+    assert resumed.current == 1 and resumed.sampler is resumed.stages[1].sampler
     got = []
     for step in range(5, 8):
-        assert resumed.enter(system, step) is None  # no switch: same stage as before the save
-        got.append(_uids(system.train_sampler.next_batch()))
+        assert resumed.enter(step) is None  # no switch: same stage as before the save
+        got.append(_uids(resumed.sampler.next_batch()))
     assert got == expected
     assert resumed.difficulty.pass_rate == cur.difficulty.pass_rate != {}
 
@@ -142,7 +138,7 @@ def test_no_curriculum_is_the_plain_sampler() -> None:
     cfg = _config((), total=3)
     cur = Curriculum(cfg, dataset_factory=_factory({"all": 10}))
     assert type(cur.sampler) is PromptSampler and cur.sampler.seed == cfg.trainer.seed
-    assert cur.enter(SimpleNamespace(), 1) is None and cur.metrics([]) == {}
+    assert cur.enter(1) is None and cur.metrics([]) == {}
 
 
 # ---------------------------------------------------------------- validation

@@ -124,8 +124,8 @@ from rl_vlm.compose import compose
 placed = {}
 real_build = controller.build_system
 
-def build_and_locate(cfg, with_learners=True):
-    sys_ = real_build(cfg, with_learners)
+def build_and_locate(cfg, provider, with_learners=True):
+    sys_ = real_build(cfg, provider, with_learners)
     placed["rollout"] = sys_.rollout.call("node_id")
     placed["learner"] = sys_.learners.node_ids()
     placed["resources"] = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}

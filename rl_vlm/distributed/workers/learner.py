@@ -13,6 +13,7 @@ the gradient of that sum.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 from dataclasses import replace
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl_vlm import seeds
 from rl_vlm.algorithms import build_algorithm
 from rl_vlm.algorithms.base import LossInputs
 from rl_vlm.algorithms.context import ViewOutputs
@@ -59,14 +61,34 @@ class Learner:
 
     def __init__(self, rank: int, world_size: int, model_cfg: ModelConfig, learner_cfg: LearnerConfig,
                  algorithm_cfg: AlgorithmConfig, device: str, seed: int) -> None:
-        self.rank, self.world_size = rank, world_size
-        self.model_cfg, self.cfg, self.device_kind = model_cfg, learner_cfg, device
+        self.rank, self.world_size, self.device_kind = rank, world_size, device
+        self._configure(model_cfg, learner_cfg, algorithm_cfg, seed)
+
+    def _configure(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algorithm_cfg: AlgorithmConfig,
+                   seed: int) -> None:
+        self.model_cfg, self.cfg = model_cfg, learner_cfg
         self.algorithm = build_algorithm(algorithm_cfg)
         self.seed = seed
         torch.set_num_threads(learner_cfg.torch_threads)
         self.shard: RankShard | None = None
         self._pixels: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.optimizer_steps = 0
+
+    def reinit(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algorithm_cfg: AlgorithmConfig,
+               seed: int, gas: int) -> int:
+        """Start over as a fresh rank of another run with the same world size, in this process:
+        the old engines are dropped and :meth:`init` builds new ones (the process group, which
+        only depends on the world size, is kept). What a new actor would compute, minus the
+        process start and the imports. Returns the parameter count."""
+        for name in ("engine", "ref_engine", "ema_engine"):
+            engine = getattr(self, name, None)
+            if engine is not None and hasattr(engine, "destroy"):
+                engine.destroy()  # removes ZeRO-3's parameter hooks from the old model
+            setattr(self, name, None)
+        self._hf_ds = None
+        gc.collect()
+        self._configure(model_cfg, learner_cfg, algorithm_cfg, seed)
+        return self.init(self._master[0], self._master[1], gas)
 
     # ---------------------------------------------------------------- setup
     def pid(self) -> int:
@@ -101,8 +123,9 @@ class Learner:
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0" if self.device_kind == "cpu" else
                           str(self.rank % max(torch.cuda.device_count(), 1)))
         backend = "nccl" if self.device_kind == "gpu" else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-        seed_everything(self.seed + self.rank)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)  # once per process
+        self._master = (master_addr, master_port)
+        seed_everything(seeds.learner_rank(self.seed, self.rank))
         self.gas = gas
         ds_config = self._ds_config(gas)
         # Must stay alive while from_pretrained runs so weights are partitioned at load (ZeRO-3).

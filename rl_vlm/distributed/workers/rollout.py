@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rl_vlm import seeds
 from rl_vlm.batch import Prompt
 from rl_vlm.config import RolloutConfig
 from rl_vlm.validation import resolve_rollout_dtype
@@ -90,7 +91,7 @@ class RolloutEngine:
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
                                  logit_bias=self.logit_bias,
-                                 seed=None if seed is None else seed * 1009 + i)
+                                 seed=None if seed is None else seeds.engine_prompt(seed, i))
                   for i in range(len(prompts))]
         outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
         samples: list[SampleOut] = []

@@ -1,0 +1,157 @@
+"""Where a run's pools come from (:class:`~rl_vlm.distributed.interfaces.PoolProvider`).
+
+:class:`FreshPools` is what ``rl-vlm train`` uses: a private Ray instance (or the cluster of
+``cluster.address``) and new actors for every run, all shut down when it ends.
+
+:class:`SharedPools` keeps Ray and the actors alive between the runs of one process and re-points
+them at each run's config where that is sound: the learner ranks rebuild their DeepSpeed engines
+from the new config in their own processes (same world size), the engines keep their vLLM state
+and load the new run's initial weights. A run then costs what it computes, not a system start
+(process starts, ``import vllm``, engine start-up): the end-to-end tests share one this way.
+Anything that would make re-pointing unsound starts fresh actors instead: another pool layout or
+engine setting, a collective weight sync (its process group is bound to the actors), or a run
+that ended with a dead worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rl_vlm.distributed.interfaces import Pools
+from rl_vlm.distributed.runtime import PoolLayout, pool_layout, start_ray
+from rl_vlm.distributed.sync.plan import resolve_weight_sync
+from rl_vlm.validation import resolve_device
+
+if TYPE_CHECKING:
+    from rl_vlm.config import Config
+    from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
+
+log = logging.getLogger("rl_vlm.distributed")
+
+
+def _start(cfg: Config, with_learners: bool) -> tuple[RolloutGroup, LearnerGroup | None]:
+    from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
+    from rl_vlm.distributed.sync.collective import connect_weight_sync
+
+    device = resolve_device(cfg.cluster.device)
+    layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
+    start_ray(cfg, layout)
+    rollout = RolloutGroup(cfg, layout, device)
+    learners = LearnerGroup(cfg, layout, device) if with_learners else None
+    if learners is not None:
+        connect_weight_sync(rollout, learners, device)
+    return rollout, learners
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class FreshPools:
+    """New pools for every run, on a Ray instance that is shut down with them."""
+
+    def acquire(self, cfg: Config, with_learners: bool) -> Pools:
+        rollout, learners = _start(cfg, with_learners)
+        return Pools(rollout, learners)
+
+    def release(self, failed: bool) -> None:
+        _shutdown_ray()
+
+
+@dataclass(frozen=True)
+class _RayKey:
+    """What the Ray instance itself was started with."""
+
+    address: str
+    num_cpus: int
+    kv_cache_gib: float
+    log_to_driver: bool
+
+
+@dataclass(frozen=True)
+class _EngineKey:
+    """Everything a vLLM engine is constructed with, apart from its seed (every request carries
+    its own) and the weights (loaded at acquire)."""
+
+    layout: tuple[object, ...]
+    device: str
+    model_path: str
+    dtype: str
+    enforce_eager: bool
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    torch_threads: int
+
+
+@dataclass(frozen=True)
+class _LearnerKey:
+    """What the ranks' processes are bound to (the process group and the bundles)."""
+
+    layout: tuple[object, ...]
+    device: str
+    num_ranks: int
+
+
+def _layout_key(layout: PoolLayout, pool: str) -> tuple[object, ...]:
+    bundles = layout.rollout_bundles if pool == "rollout" else layout.learner_bundles
+    return tuple(tuple(sorted(b.items())) for b in bundles)
+
+
+class SharedPools:
+    """Pools kept between the runs of one process and re-pointed at each run (module docstring).
+    Call :meth:`close` when done with it."""
+
+    def __init__(self) -> None:
+        self._ray: _RayKey | None = None
+        self._rollout: RolloutGroup | None = None
+        self._learners: LearnerGroup | None = None
+        self._engine_key: _EngineKey | None = None
+        self._learner_key: _LearnerKey | None = None
+        self._reusable = False
+        self.reused = 0
+        """Runs served by re-pointed actors (for tests and logs)."""
+
+    def acquire(self, cfg: Config, with_learners: bool) -> Pools:
+        device = resolve_device(cfg.cluster.device)
+        layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
+        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+        ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
+        r = cfg.rollout
+        engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
+                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads)
+        learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks)
+        collective = resolve_weight_sync(cfg.cluster.weight_sync, device) == "collective"
+        # Only a learner pool can hand re-pointed engines the new run's weights, so an
+        # evaluation-only run (and anything after it) starts fresh actors.
+        reuse = (self._reusable and with_learners and not collective and ray_key == self._ray
+                 and engine_key == self._engine_key and learner_key == self._learner_key)
+        if not reuse:
+            self.close()
+            self._rollout, self._learners = _start(cfg, with_learners)
+            self._ray, self._engine_key, self._learner_key = ray_key, engine_key, learner_key
+            self._reusable = with_learners and not collective
+            return Pools(self._rollout, self._learners)
+        assert self._rollout is not None and self._learners is not None
+        self._rollout.reconfigure(cfg)
+        self._learners.reconfigure(cfg)
+        # The engines still hold the previous run's weights: give them this run's start.
+        self._rollout.load_weights(self._learners.publish_weights(), 0)
+        self.reused += 1
+        log.info("re-pointed the running pools at %s (%d re-pointed runs)", cfg.trainer.output_dir, self.reused)
+        return Pools(self._rollout, self._learners)
+
+    def release(self, failed: bool) -> None:
+        if failed:
+            self.close()
+
+    def close(self) -> None:
+        """Stop every actor and the Ray instance."""
+        self._rollout = self._learners = None
+        self._ray = self._engine_key = self._learner_key = None
+        self._reusable = False
+        _shutdown_ray()
