@@ -17,6 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hydra.conf import HydraConf
+    from omegaconf import DictConfig
+
+    from rl_vlm.config import Config
+    from rl_vlm.distributed.provider import SharedPools
 
 DEFAULT_MODEL_DIR = "artifacts/tiny-qwen2.5-vl"
 DEFAULT_DATA_DIR = "artifacts/easy_vqa"
@@ -26,14 +34,13 @@ SHIPPED_SEED = 1  # rl_vlm.models.tiny.SHIPPED_SEED, without importing torch for
 
 def _train(argv: list[str], mode: str = "train") -> int:
     import hydra
-    from omegaconf import DictConfig
 
     from rl_vlm.compose import config_dir, from_omegaconf, register_base
     from rl_vlm.config import ConfigError
     from rl_vlm.validation import validate
 
     register_base()
-    sweep: dict[str, object] = {}  # filled by multirun jobs: the sweep dir, metric, failures
+    sweep: dict[str, Any] = {}  # filled by multirun jobs: the sweep dir, metric, failures, pools
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def run(raw: DictConfig) -> float | None:
@@ -60,24 +67,29 @@ def _train(argv: list[str], mode: str = "train") -> int:
         return _run_training(cfg)
 
     sys.argv = [sys.argv[0]] + argv
-    run()
+    try:
+        run()
+    finally:
+        if "pools" in sweep:
+            sweep["pools"].close()
     if "dir" in sweep:
         return _write_sweep_summary(str(sweep["dir"]), str(sweep["metric"]), str(sweep["mode"]),
                                     int(sweep.get("failed", 0)))
     return 0
 
 
-def _run_training(cfg: object) -> float | None:
-    """Train; returns the last validation accuracy (Hydra's job return value)."""
+def _run_training(cfg: Config, pools: SharedPools | None = None) -> float | None:
+    """Train; returns the last validation accuracy (Hydra's job return value). ``pools``: a
+    :class:`~rl_vlm.distributed.provider.SharedPools` the runs of a sweep share."""
     from rl_vlm.driver.controller import train
     from rl_vlm.driver.tracking import read_metrics
 
-    run_dir = train(cfg)  # type: ignore[arg-type]
+    run_dir = train(cfg, pools=pools)
     vals = [r["val/accuracy"] for r in read_metrics(run_dir) if r.get("val/accuracy") is not None]
     return vals[-1] if vals else None
 
 
-def _sweep_job(raw: object, hc: object, sweep: dict[str, object], argv: list[str]) -> float | None:
+def _sweep_job(raw: DictConfig, hc: HydraConf, sweep: dict[str, Any], argv: list[str]) -> float | None:
     """One run of ``rl-vlm train -m``: own output dir, seed rule and wandb group
     (:mod:`rl_vlm.driver.sweep`); a failing run is recorded and the sweep goes on."""
     import os
@@ -86,31 +98,36 @@ def _sweep_job(raw: object, hc: object, sweep: dict[str, object], argv: list[str
     from omegaconf import OmegaConf
 
     from rl_vlm.compose import from_omegaconf
+    from rl_vlm.distributed.provider import SharedPools, close_shared_pools
     from rl_vlm.driver.sweep import run_settings, swept_keys, varying, write_run_record
     from rl_vlm.validation import validate
 
-    job = int(hc.job.num)  # type: ignore[attr-defined]
-    overrides = varying(list(hc.overrides.task), swept_keys(argv))  # type: ignore[attr-defined]
-    t = raw.trainer  # type: ignore[attr-defined]
-    rs = run_settings(str(hc.sweep.dir), job, overrides, int(t.seed), bool(t.seed_per_run),  # type: ignore[attr-defined]
+    job = int(hc.job.num)
+    overrides = varying(list(hc.overrides.task), swept_keys(argv))
+    t = raw.trainer
+    rs = run_settings(str(hc.sweep.dir), job, overrides, int(t.seed), bool(t.seed_per_run),
                       str(t.wandb_run_name))
-    sweep.update(dir=str(hc.sweep.dir), metric=str(t.sweep_metric), mode=str(t.sweep_mode))  # type: ignore[attr-defined]
-    OmegaConf.update(raw, "trainer.output_dir", rs.output_dir)  # type: ignore[arg-type]
-    OmegaConf.update(raw, "trainer.seed", rs.seed)  # type: ignore[arg-type]
-    OmegaConf.update(raw, "trainer.wandb_run_name", rs.wandb_run_name)  # type: ignore[arg-type]
+    sweep.update(dir=str(hc.sweep.dir), metric=str(t.sweep_metric), mode=str(t.sweep_mode))
+    OmegaConf.update(raw, "trainer.output_dir", rs.output_dir)
+    OmegaConf.update(raw, "trainer.seed", rs.seed)
+    OmegaConf.update(raw, "trainer.wandb_run_name", rs.wandb_run_name)
     os.environ["WANDB_RUN_GROUP"] = rs.wandb_group  # wandb.init reads it when no group is passed
     print(f"sweep run {job}: {' '.join(overrides) or '(no overrides)'} seed={rs.seed} -> {rs.output_dir}",
           flush=True)
     write_run_record(rs.output_dir, job, overrides, rs.seed, "running")
     try:
-        value = _run_training(validate(from_omegaconf(raw)))
+        # One running system for the whole sweep: each run re-points the actors instead of
+        # paying a system start (rl_vlm.distributed.provider.SharedPools).
+        pools = sweep.setdefault("pools", SharedPools())
+        value = _run_training(validate(from_omegaconf(raw)), pools)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - one bad combination must not end the sweep
-        sweep["failed"] = int(sweep.get("failed", 0)) + 1  # type: ignore[call-overload]
+        sweep["failed"] = int(sweep.get("failed", 0)) + 1
         print(f"sweep run {job} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         write_run_record(rs.output_dir, job, overrides, rs.seed, "failed",
                          "".join(traceback.format_exception_only(type(e), e)).strip())
+        close_shared_pools()  # a run that died must not leave actors in an unknown state
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()  # a run that died during start-up must not leak its pools
+            sys.modules["ray"].shutdown()  # nor a Ray instance started before its pools
         return None
     write_run_record(rs.output_dir, job, overrides, rs.seed, "ok")
     return value

@@ -29,3 +29,15 @@ def warm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("warm-model") / "tiny-qwen2.5-vl"
     install_shipped(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def shared_pools():  # -> rl_vlm.distributed.provider.SharedPools
+    """One running system for the in-process end-to-end runs that can share it: the actors are
+    re-pointed at each run's config instead of paying a system start (process starts, ``import
+    vllm``, engine start-up) per run. A run that needs its own Ray instance closes it first."""
+    from rl_vlm.distributed.provider import SharedPools
+
+    pools = SharedPools()
+    yield pools
+    pools.close()

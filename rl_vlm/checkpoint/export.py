@@ -44,7 +44,9 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "float32") -> 
     if set(missing) - tied or unexpected:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")
-    model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to), whose stub type
+    # keeps Module.to's ``self`` as the first parameter.
+    model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])  # type: ignore[arg-type]
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     AutoProcessor.from_pretrained(hf).save_pretrained(out_dir)

@@ -53,16 +53,9 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> list[
             if old.get(k) != new.get(k)]
 
 
-
-
-
-
-
-
 def resume_point(cfg: Config, store: CheckpointStore) -> str | None:
     """The checkpoint to resume from, after checking the config may change as it does."""
     import yaml
-
 
     path = store.resolve(cfg.trainer.resume)
     if cfg.trainer.resume == "off" and store.latest():
@@ -80,7 +73,6 @@ def resume_point(cfg: Config, store: CheckpointStore) -> str | None:
 
 def write_resolved_config(cfg: Config, run_dir: str) -> None:
     import yaml
-
 
     with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

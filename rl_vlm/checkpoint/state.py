@@ -13,13 +13,12 @@ import torch
 from rl_vlm.checkpoint.resume import write_resolved_config
 from rl_vlm.checkpoint.store import (
     CheckpointStore,
-    rng_state,
     save_torch_atomic,
-    set_rng_state,
 )
 from rl_vlm.config import Config
 from rl_vlm.data.sampling import Sampler
 from rl_vlm.distributed.interfaces import LearnerPool, RolloutPool
+from rl_vlm.seeds import rng_state, set_rng_state
 
 log = logging.getLogger("rl_vlm.checkpoint")
 
@@ -65,8 +64,10 @@ def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int) -> str:
         write_resolved_config(sys_.cfg, ck.path)
         # Fault injection for tests: widen the window in which a crash hits a half-written save.
         time.sleep(float(os.environ.get("RL_VLM_FAULT_SAVE_SLEEP_S", "0")))
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ck.final_path) for f in fs)
-    return f"checkpoint {ck.final_path}: {size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s"
+    final = ck.final_path
+    assert final is not None  # set by the commit when the block exits cleanly
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(final) for f in fs)
+    return f"checkpoint {final}: {size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s"
 
 
 def restore_checkpoint(sys_: Resumable, path: str) -> int:

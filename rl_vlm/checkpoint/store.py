@@ -16,7 +16,7 @@ fsynced, the manifest is written, the directory is renamed to ``step_<N>`` in on
 temporary directory is removed and the previous checkpoint stays the newest. A process killed at
 any point leaves either the previous or the new checkpoint as :meth:`CheckpointStore.latest`.
 
-Also here: RNG state capture/restore, atomic writes of small state files, and a SIGTERM/SIGINT flag
+Also here: atomic writes of small state files, and a SIGTERM/SIGINT flag
 so the loop can finish its step, save and exit. torch/numpy are imported inside the functions that
 need them, so the store itself loads in milliseconds (also in a subprocess).
 """
@@ -29,13 +29,13 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("rl_vlm.checkpoint")
 
@@ -92,7 +92,7 @@ def fsync_tree(path: str) -> None:
     """fsync every file and directory under ``path``. Writers in other processes on the same node
     are covered (fsync acts on the inode); on a network filesystem each writer must close (and
     ideally ``fsync_tree``) its own files before returning, as close flushes there."""
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:
@@ -129,7 +129,6 @@ def save_json_atomic(path: str, obj: Any) -> None:
 def save_torch_atomic(path: str, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically and durably."""
     import torch
-
 
     _write_atomic(path, lambda f: torch.save(obj, f), "wb")
 
@@ -212,7 +211,6 @@ class PendingCheckpoint:
     """A save in progress: writers fill :attr:`path`; :meth:`commit` publishes it, :meth:`abort`
     discards it. As a context manager it commits on a clean exit and aborts on any exception."""
 
-
     def __init__(self, store: CheckpointStore, step: int, path: str, meta: dict[str, Any]) -> None:
         self.store = store
         self.step = step
@@ -223,7 +221,6 @@ class PendingCheckpoint:
         self.final_path: str | None = None
         """``<run_dir>/checkpoints/step_<N>`` once committed."""
         self._state = "open"
-
 
     def commit(self) -> str:
         if self._state != "open":
@@ -251,7 +248,6 @@ class PendingCheckpoint:
         self.store._after_publish(self.final_path)
         return self.final_path
 
-
     def abort(self) -> None:
         if self._state != "open":
             return
@@ -259,10 +255,8 @@ class PendingCheckpoint:
         shutil.rmtree(self.path, ignore_errors=True)
         _forget(self.path)
 
-
     def __enter__(self) -> PendingCheckpoint:
         return self
-
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -281,11 +275,9 @@ class CheckpointStore:
     """Atomic, bounded checkpoint directories under ``<run_dir>/checkpoints``. One training run
     (one driver) writes a run directory at a time.
 
-
     ``keep_last``: how many complete checkpoints survive a save (the one just written included);
     0 keeps them all.
     """
-
 
     def __init__(self, run_dir: str, keep_last: int = 2) -> None:
         if keep_last < 0:
@@ -294,9 +286,7 @@ class CheckpointStore:
         self.dir = os.path.join(self.run_dir, CHECKPOINTS_DIR)
         self.keep_last = keep_last
 
-
     # ---- writing
-
 
     def begin(self, step: int, meta: dict[str, Any] | None = None) -> PendingCheckpoint:
         """Start the save of ``step``: cleans what crashed saves left, returns the pending checkpoint."""
@@ -318,7 +308,6 @@ class CheckpointStore:
             raise
         return PendingCheckpoint(self, step, path, dict(meta or {}))
 
-
     def _publish(self, pending: PendingCheckpoint) -> str:
         final = os.path.join(self.dir, f"step_{pending.step}")
         # Checkpoints at or after this step belong to a timeline this run abandoned by resuming
@@ -333,14 +322,12 @@ class CheckpointStore:
         fsync_dir(self.dir)
         return final
 
-
     def _after_publish(self, final: str) -> None:
         _write_atomic(os.path.join(self.dir, POINTER), lambda f: f.write(os.path.basename(final) + "\n"), "w")
         if self.keep_last:
             for path in self.list()[:-self.keep_last]:
                 self._retire(path)
         self._empty_trash(own_only=True)
-
 
     def _retire(self, path: str) -> None:
         """Rename first, then delete: a half-deleted checkpoint is never named ``step_<N>``."""
@@ -349,13 +336,11 @@ class CheckpointStore:
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(path, trash)
 
-
     def _empty_trash(self, own_only: bool) -> None:
         suffix = f"-{os.getpid()}"
         for name in os.listdir(self.dir):
             if name.startswith(_TRASH_PREFIX) and (not own_only or name.endswith(suffix)):
                 shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
-
 
     def _clean_stale(self) -> None:
         with _ACTIVE_LOCK:
@@ -369,9 +354,7 @@ class CheckpointStore:
                 os.unlink(path)
         self._empty_trash(own_only=False)
 
-
     # ---- reading
-
 
     def _step_dirs(self) -> list[tuple[int, str]]:
         try:
@@ -380,7 +363,6 @@ class CheckpointStore:
             return []
         found = [(int(m.group(1)), os.path.join(self.dir, name)) for name in names if (m := _STEP_RE.match(name))]
         return sorted(found)
-
 
     def list(self) -> list[str]:
         """Complete checkpoints, oldest step first. ``step_*`` directories without a valid manifest
@@ -398,7 +380,6 @@ class CheckpointStore:
             out.append(path)
         return out
 
-
     def latest(self) -> str | None:
         """The newest complete checkpoint, or None. The manifests decide, not the ``latest`` file: a
         crash between the rename and the pointer update leaves the pointer one save behind, and a
@@ -411,7 +392,6 @@ class CheckpointStore:
                      pointed, newest)
         return newest
 
-
     def _read_pointer(self) -> str | None:
         try:
             with open(os.path.join(self.dir, POINTER), encoding="utf-8") as f:
@@ -420,7 +400,6 @@ class CheckpointStore:
             return None
         return os.path.join(self.dir, name) if _STEP_RE.match(name) else None
 
-
     def resolve(self, resume: str) -> str | None:
         """The checkpoint ``trainer.resume`` asks for; see :func:`resolve_resume`."""
         return resolve_resume(resume, self.run_dir)
@@ -428,7 +407,6 @@ class CheckpointStore:
 
 def resolve_resume(resume: str, run_dir: str) -> str | None:
     """Turn the config value ``trainer.resume`` into a checkpoint directory (or None = start fresh).
-
 
     - ``"auto"``: the newest complete checkpoint of ``run_dir``, or None if it has none;
     - ``"off"``: None;
@@ -465,45 +443,3 @@ def resolve_resume(resume: str, run_dir: str) -> str | None:
                           f"directory (no {CHECKPOINTS_DIR}/ inside)")
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states of python ``random``, numpy and torch (CPU, and CUDA when CUDA is
-    already initialized in this process; capturing never initializes it). The dict holds only
-    python scalars/lists and tensors, so it loads with ``torch.load(weights_only=True)``."""
-    import numpy as np
-    import torch
-
-
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured. CUDA states are restored only if present and this
-    process sees as many devices as the one that saved them."""
-    import numpy as np
-    import torch
-
-
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    s = state["numpy"]
-    np.random.set_state({"bit_generator": s["bit_generator"], "has_gauss": s["has_gauss"], "gauss": s["gauss"],
-                         "state": {"key": np.asarray(s["key"], dtype=np.uint32), "pos": s["pos"]}})
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("torch_cuda")
-    if cuda is not None and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            log.warning("not restoring CUDA RNG states: saved for %d devices, %d visible", len(cuda),
-                        torch.cuda.device_count())

@@ -104,7 +104,7 @@ def plan_gpus(*, num_nodes: int, gpus_per_node: int, num_engines: int, tensor_pa
     free = [per_node] * num_nodes
     bundles: list[list[dict[str, float]]] = [[] for _ in range(num_nodes)]
     engines: list[Slot] = []
-    for k in range(num_engines):
+    for _ in range(num_engines):
         node = next((n for n in range(num_nodes) if free[n] >= tp), None)
         if node is None:
             fit = (per_node // tp) * num_nodes

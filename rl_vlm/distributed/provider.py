@@ -16,6 +16,7 @@ that ended with a dead worker.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,12 @@ def _start(cfg: Config, with_learners: bool) -> tuple[RolloutGroup, LearnerGroup
     return rollout, learners
 
 
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 def _shutdown_ray() -> None:
     import ray
 
@@ -52,10 +59,21 @@ def _shutdown_ray() -> None:
         ray.shutdown()
 
 
+_LIVE: weakref.WeakSet[SharedPools] = weakref.WeakSet()
+
+
+def close_shared_pools() -> None:
+    """Stop every :class:`SharedPools` of this process: a run with its own Ray instance (or code
+    that calls ``ray.init`` itself) must not find their actors holding the cores."""
+    for shared in list(_LIVE):
+        shared.close()
+
+
 class FreshPools:
     """New pools for every run, on a Ray instance that is shut down with them."""
 
     def acquire(self, cfg: Config, with_learners: bool) -> Pools:
+        close_shared_pools()
         rollout, learners = _start(cfg, with_learners)
         return Pools(rollout, learners)
 
@@ -115,42 +133,46 @@ class SharedPools:
         self._reusable = False
         self.reused = 0
         """Runs served by re-pointed actors (for tests and logs)."""
+        _LIVE.add(self)
 
     def acquire(self, cfg: Config, with_learners: bool) -> Pools:
         device = resolve_device(cfg.cluster.device)
         layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
-        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0)
+                                               for b in layout.rollout_bundles + layout.learner_bundles))
         ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
         r = cfg.rollout
         engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
                                 r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads)
         learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks)
         collective = resolve_weight_sync(cfg.cluster.weight_sync, device) == "collective"
-        # Only a learner pool can hand re-pointed engines the new run's weights, so an
-        # evaluation-only run (and anything after it) starts fresh actors.
-        reuse = (self._reusable and with_learners and not collective and ray_key == self._ray
-                 and engine_key == self._engine_key and learner_key == self._learner_key)
+        reuse = (self._reusable and not collective and ray_key == self._ray and engine_key == self._engine_key
+                 and learner_key == self._learner_key and _ray_running())
         if not reuse:
             self.close()
-            self._rollout, self._learners = _start(cfg, with_learners)
+            # Always with learners: re-pointed engines get each run's start weights from them,
+            # evaluation-only runs included (model.path's weights, published by the learners).
+            self._rollout, self._learners = _start(cfg, with_learners=True)
             self._ray, self._engine_key, self._learner_key = ray_key, engine_key, learner_key
-            self._reusable = with_learners and not collective
-            return Pools(self._rollout, self._learners)
-        assert self._rollout is not None and self._learners is not None
-        self._rollout.reconfigure(cfg)
-        self._learners.reconfigure(cfg)
-        # The engines still hold the previous run's weights: give them this run's start.
-        self._rollout.load_weights(self._learners.publish_weights(), 0)
-        self.reused += 1
-        log.info("re-pointed the running pools at %s (%d re-pointed runs)", cfg.trainer.output_dir, self.reused)
-        return Pools(self._rollout, self._learners)
+            self._reusable = not collective
+        else:
+            assert self._rollout is not None and self._learners is not None
+            self._rollout.reconfigure(cfg)
+            self._learners.reconfigure(cfg)
+            # The engines still hold the previous run's weights: give them this run's start.
+            self._rollout.load_weights(self._learners.publish_weights(), 0)
+            self.reused += 1
+            log.info("re-pointed the running pools at %s (%d re-pointed runs)", cfg.trainer.output_dir, self.reused)
+        return Pools(self._rollout, self._learners if with_learners else None)
 
     def release(self, failed: bool) -> None:
         if failed:
             self.close()
 
     def close(self) -> None:
-        """Stop every actor and the Ray instance."""
+        """Stop every actor and the Ray instance (if this provider started any)."""
+        if self._ray is None:
+            return
         self._rollout = self._learners = None
         self._ray = self._engine_key = self._learner_key = None
         self._reusable = False

@@ -3,6 +3,7 @@ how an actor is pinned to one."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,6 @@ LOCAL_START_ATTEMPTS = 3
 class PoolLayout:
     """Resources of one bundle per rollout engine and one per learner rank."""
 
-
     rollout_bundles: list[dict[str, float]]
     learner_bundles: list[dict[str, float]]
     backend: str
@@ -45,7 +45,6 @@ class PoolLayout:
 
 def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: LearnerConfig, device: str) -> PoolLayout:
     """Bundle lists for the two placement groups; raises ConfigError for layouts that can't fit.
-
 
     On GPU, :func:`rl_vlm.distributed.placement.plan_gpus` checks the layout node by node (an engine's TP
     group never straddles nodes) and the bundles are its per-actor bundles in engine / rank order:
@@ -61,7 +60,8 @@ def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: Learner
         rb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.rollout_resources} for s in plan.engines]
         lb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.learner_resources} for s in plan.ranks]
         return PoolLayout(rb, lb, "nccl", plan)
-    rb = [{"CPU": float(cluster.rollout_cpus_per_engine), **cluster.rollout_resources} for _ in range(rollout.num_engines)]
+    rb = [{"CPU": float(cluster.rollout_cpus_per_engine), **cluster.rollout_resources}
+          for _ in range(rollout.num_engines)]
     lb = [{"CPU": float(cluster.learner_cpus_per_rank), **cluster.learner_resources} for _ in range(learner.num_ranks)]
     return PoolLayout(rb, lb, "gloo")
 
@@ -70,18 +70,18 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
     """Start a private local Ray instance (``cluster.address=local``) or join an existing one."""
     import ray
 
-
     if ray.is_initialized():
         return
     env = dict(ACTOR_ENV)
     env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.rollout.kv_cache_gib)))
     runtime_env = {"env_vars": env}
     if cfg.cluster.address == "local":
-        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0)
+                                               for b in layout.rollout_bundles + layout.learner_bundles))
         for attempt in range(LOCAL_START_ATTEMPTS):
             try:
                 ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
-                         log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level="WARNING")
+                         log_to_driver=cfg.cluster.log_to_driver, configure_logging=True, logging_level=logging.WARNING)
                 break
             except Exception as e:  # Ray raises a bare Exception when its raylet registers too slowly
                 # Ray waits a fixed 30 s for its raylet; an overloaded machine can miss that.
@@ -97,7 +97,6 @@ def create_placement_group(bundles: list[dict[str, float]], name: str) -> Any:
     import ray
     from ray.util.placement_group import placement_group
 
-
     pg = placement_group(bundles, strategy="PACK", name=name)
     ready, _ = ray.wait([pg.ready()], timeout=120)
     if not ready:
@@ -109,6 +108,5 @@ def create_placement_group(bundles: list[dict[str, float]], name: str) -> Any:
 def bundle_strategy(pg: Any, index: int) -> Any:
     """The scheduling strategy that pins an actor to bundle ``index`` of ``pg``."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
 
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)

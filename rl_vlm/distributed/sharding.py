@@ -158,6 +158,6 @@ def gather(per_rank_values: Sequence[Sequence[Any]], sharding: StepSharding, emp
     sequences no rank holds stay ``empty``."""
     out = [empty] * sum(len(a) for a in sharding.assignment)
     for r, values in enumerate(per_rank_values):
-        for i, v in zip(sharding.assignment[r], values):
+        for i, v in zip(sharding.assignment[r], values, strict=True):
             out[i] = v
     return out

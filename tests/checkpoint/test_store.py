@@ -23,12 +23,11 @@ from rl_vlm.checkpoint.store import (
     CheckpointStore,
     check_complete,
     resolve_resume,
-    rng_state,
     save_json_atomic,
     save_torch_atomic,
-    set_rng_state,
 )
 from rl_vlm.driver.signals import install_stop_handler
+from rl_vlm.seeds import rng_state, set_rng_state
 
 
 def save(store: CheckpointStore, step: int) -> str:

@@ -45,6 +45,9 @@ def _echo_cls() -> type:
 def ray_local() -> Iterator[Any]:
     import ray
 
+    from rl_vlm.distributed.provider import close_shared_pools
+
+    close_shared_pools()  # their actors would hold this instance's 2 CPUs
     if ray.is_initialized():  # someone else's instance: use it, leave it running
         yield ray
         return

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rl_vlm.compose import compose
+from rl_vlm.distributed.provider import SharedPools
 from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
@@ -43,7 +44,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_algorithm_runs_end_to_end(case: str, warm_model_dir: Path, small_data: tuple[Path, Path],
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, shared_pools: SharedPools) -> None:
     train_file, test_file = small_data
     run_dir = tmp_path / case
     cfg = compose([
@@ -54,7 +55,7 @@ def test_algorithm_runs_end_to_end(case: str, warm_model_dir: Path, small_data: 
         f"trainer.total_steps={STEPS}", "trainer.val_every=0", f"trainer.output_dir={run_dir}",
         "trainer.progress_bar=false",
     ])
-    train(cfg)
+    train(cfg, pools=shared_pools)
     by_step = {r["step"]: r for r in read_metrics(str(run_dir))}
     assert sorted(by_step) == list(range(1, STEPS + 1))
     for s, r in by_step.items():

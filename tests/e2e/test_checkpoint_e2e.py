@@ -191,7 +191,7 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
         deadline = time.time() + 900
         while 1 not in metrics_steps() and time.time() < deadline:
             time.sleep(0.2)
-        for pid in _pids("ray::RolloutActor", tag)[:1]:
+        for pid in _pids("ray::RolloutEngine", tag)[:1]:
             os.kill(pid, signal.SIGKILL)
             events.append("rollout")
         while 3 not in metrics_steps() and time.time() < deadline:

@@ -22,6 +22,7 @@ from rl_vlm.config import (
     RewardFunctionConfig,
     StageConfig,
 )
+from rl_vlm.distributed.provider import SharedPools
 from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_curriculum_stages_switch_and_score_with_their_rewards(warm_model_dir: Path, tmp_path: Path,
-                                                               capfd: pytest.CaptureFixture[str]) -> None:
+                                                               capfd: pytest.CaptureFixture[str],
+                                                               shared_pools: SharedPools) -> None:
     from rl_vlm.data.easy_vqa import convert_easy_vqa
 
     train_file, test_file = convert_easy_vqa(tmp_path / "easy_vqa", max_train=400, max_test=40)
@@ -57,7 +59,7 @@ def test_curriculum_stages_switch_and_score_with_their_rewards(warm_model_dir: P
     ])
     cfg = replace(cfg, curriculum=CurriculumConfig(name="e2e", stages=stages,
                                                    difficulty=DifficultyConfig(mode="uid")))
-    train(cfg)
+    train(cfg, pools=shared_pools)
 
     by_step = {r["step"]: r for r in read_metrics(str(run_dir))}
     assert sorted(by_step) == [1, 2, 3, 4]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rl_vlm.compose import compose
+from rl_vlm.distributed.provider import SharedPools
 from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
@@ -30,7 +31,7 @@ def says_red(response, row, **kwargs):
 '''
 
 
-def test_grpo_raises_heldout_reward(warm_model_dir: Path, tmp_path: Path) -> None:
+def test_grpo_raises_heldout_reward(warm_model_dir: Path, tmp_path: Path, shared_pools: SharedPools) -> None:
     from rl_vlm.data.easy_vqa import convert_easy_vqa
 
     convert_easy_vqa(tmp_path / "easy_vqa", max_train=2000, max_test=600)
@@ -48,7 +49,7 @@ def test_grpo_raises_heldout_reward(warm_model_dir: Path, tmp_path: Path) -> Non
         "learner.lr=5e-4", f"trainer.total_steps={steps}",
         f"trainer.output_dir={run_dir}", "trainer.progress_bar=false",
     ])
-    train(cfg)
+    train(cfg, pools=shared_pools)
     val = {r["step"]: r["val/reward"] for r in read_metrics(str(run_dir)) if "val/reward" in r}
     print(f"held-out reward: {val}")
     assert val[steps] - val[0] >= MARGIN, val
@@ -61,7 +62,7 @@ def test_grpo_raises_heldout_reward(warm_model_dir: Path, tmp_path: Path) -> Non
 ACCURACY_MARGIN = 0.05
 
 
-def test_grpo_raises_heldout_easy_vqa_accuracy(warm_model_dir: Path, tmp_path: Path) -> None:
+def test_grpo_raises_heldout_easy_vqa_accuracy(warm_model_dir: Path, tmp_path: Path, shared_pools: SharedPools) -> None:
     """The issue's learning test: held-out easy-VQA colour accuracy (greedy, all 1,280 test
     colour questions) rises over the warm-started policy by at least ACCURACY_MARGIN in 40 GRPO
     steps (``experiment=grpo_easy_vqa_learning``)."""
@@ -75,7 +76,7 @@ def test_grpo_raises_heldout_easy_vqa_accuracy(warm_model_dir: Path, tmp_path: P
         f"data.train_files=[{data / 'train_color.jsonl'}]", f"data.val_files=[{data / 'test_color.jsonl'}]",
         f"trainer.output_dir={run_dir}", "trainer.progress_bar=false",
     ])
-    train(cfg)
+    train(cfg, pools=shared_pools)
     val = {r["step"]: r["val/accuracy"] for r in read_metrics(str(run_dir)) if "val/accuracy" in r}
     print(f"held-out colour accuracy: {val}")
     assert val[cfg.trainer.total_steps] - val[0] >= ACCURACY_MARGIN, val

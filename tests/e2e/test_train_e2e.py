@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rl_vlm.compose import compose
+from rl_vlm.distributed.provider import SharedPools
 from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
@@ -38,7 +39,41 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_repointed_pools_give_the_fresh_run(warm_model_dir: Path, small_data: tuple[Path, Path], tmp_path: Path,
+                                            shared_pools: SharedPools) -> None:
+    """What makes sharing a running system sound: a run on actors re-pointed from another run
+    (other algorithm, lr and seed) is the run on fresh actors, metric for metric and weight for
+    weight."""
+    train_file, test_file = small_data
+
+    def cfg(run_dir: Path, *extra: str):
+        return compose([
+            f"model.path={warm_model_dir}", f"data.train_files=[{train_file}]", f"data.val_files=[{test_file}]",
+            "data.rollout_batch_size=2", "data.val_size=4", "rollout.n=4", "rollout.max_new_tokens=24",
+            "learner.num_ranks=2", "learner.mini_batch_size=1", "learner.micro_batch_size=2", "learner.lr=1e-3",
+            "trainer.total_steps=2", "trainer.val_every=2", "trainer.progress_bar=false",
+            "trainer.save_final_model=true", f"trainer.output_dir={run_dir}", *extra])
+
+    shared_pools.close()  # the first run gets fresh actors
+    train(cfg(tmp_path / "fresh"), pools=shared_pools)
+    train(cfg(tmp_path / "other", "algorithm=papo", "learner.lr=3e-3", "trainer.seed=7"), pools=shared_pools)
+    reused_before = shared_pools.reused
+    train(cfg(tmp_path / "repointed"), pools=shared_pools)
+    assert shared_pools.reused == reused_before + 1 >= 2
+
+    def same(run: str) -> dict[int, dict[str, float]]:
+        return {r["step"]: {k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}
+                for r in read_metrics(str(tmp_path / run))}
+
+    fresh, repointed = same("fresh"), same("repointed")
+    assert sorted(fresh) == [0, 1, 2] and repointed == fresh
+    a, b = _weights(tmp_path / "fresh" / "final"), _weights(tmp_path / "repointed" / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], _weights(tmp_path / "other" / "final")[k]) for k in a)
+
+
+def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path], tmp_path: Path,
+                              shared_pools: SharedPools) -> None:
     train_file, test_file = small_data
     run_dir = tmp_path / "run"
     steps = 3
@@ -51,7 +86,7 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
         # Exercise the frozen-reference path (a second ZeRO-3 engine) and the k3 KL term.
         "algorithm.kl_coef=0.01",
     ])
-    train(cfg)
+    train(cfg, pools=shared_pools)
 
     records = read_metrics(str(run_dir))
     by_step = {r["step"]: r for r in records}

@@ -26,7 +26,6 @@ def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: s
 
     from rl_vlm.distributed.sync.plan import resolve_weight_sync, sync_backend
 
-
     cfg = learners.cfg
     mode = resolve_weight_sync(cfg.cluster.weight_sync, device)
     if mode != "collective":

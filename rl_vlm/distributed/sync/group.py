@@ -3,8 +3,9 @@ rendezvoused through a TCPStore."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,55 +18,52 @@ from rl_vlm.distributed.sync.plan import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from torch._C._distributed_c10d import Backend as C10dBackend
 
 
 class WeightGroup:
     """A process group of ``world_size`` members, outside ``torch.distributed``'s default group.
 
-
     Rank 0 (learner rank 0) hosts the TCPStore at ``host:port``; the others connect to it. Only
     the ProcessGroup object is used (no global state), so it coexists with the DeepSpeed group
     in the learner and with vLLM's own groups in the workers."""
 
-
     def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str,
                  timeout_s: float = 600.0) -> None:
         import torch.distributed as dist
-
 
         timeout = timedelta(seconds=timeout_s)
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
                                    wait_for_workers=False)
         prefixed = dist.PrefixStore(STORE_PREFIX, self.store)
+        self.pg: C10dBackend
         if backend == "gloo":
             self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
             self.device = torch.device("cpu")
         elif backend == "nccl":
-            self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, timeout)
+            # torch's stubs list only the (store, rank, size, options) constructor; the binding also
+            # takes a timeout there.
+            self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, timeout)  # type: ignore[arg-type]
             self.device = torch.device("cuda", torch.cuda.current_device())
         else:
             raise ValueError(f"unknown backend {backend!r}")
-
 
     def broadcast(self, buf: torch.Tensor) -> None:
         """In place: rank 0's ``buf`` lands in every member's ``buf`` (same size and dtype)."""
         import torch.distributed as dist
 
-
         opts = dist.BroadcastOptions()
         opts.rootRank, opts.rootTensor = 0, 0
-        self.pg.broadcast([buf], opts).wait()
+        # torch's stubs give c10d's Backend no broadcast(); the binding has it (as ProcessGroup's).
+        self.pg.broadcast([buf], opts).wait()  # type: ignore[attr-defined]
         if buf.is_cuda:
             torch.cuda.current_stream().synchronize()
-
 
     def send_buckets(self, plan: list[list[TensorSpec]], tensors: Iterable[list[torch.Tensor]]) -> None:
         """Rank 0: broadcast each bucket (``tensors`` yields one list per bucket, in plan order)."""
         for bucket, ts in zip(plan, tensors, strict=True):
             self.broadcast(pack_bucket(bucket, ts, self.device))
-
 
     def receive_buckets(self, plan: list[list[TensorSpec]]) -> list[list[tuple[str, torch.Tensor]]]:
         """Ranks > 0: every bucket of ``plan``, received into freshly allocated buffers."""

@@ -18,6 +18,5 @@ def fetch_buckets(refs: WeightRefs) -> list[list[tuple[str, torch.Tensor]]]:
 
     from rl_vlm.distributed.sync.plan import assemble_parts
 
-
     parts = iter(ray.get([r for bucket in refs for r in bucket]))
     return [assemble_parts([next(parts) for _ in bucket]) for bucket in refs]

@@ -39,9 +39,11 @@ def resolve_weight_sync(mode: str, device: str) -> Literal["object_store", "coll
     on CPU; an explicit choice is kept."""
     if mode == "auto":
         return "collective" if device == "gpu" else "object_store"
-    if mode not in ("object_store", "collective"):
-        raise ValueError(f"unknown weight_sync {mode!r}")
-    return mode  # type: ignore[return-value]
+    if mode == "object_store":
+        return "object_store"
+    if mode == "collective":
+        return "collective"
+    raise ValueError(f"unknown weight_sync {mode!r}")
 
 
 def sync_backend(device: str) -> Literal["nccl", "gloo"]:
@@ -52,11 +54,9 @@ def sync_backend(device: str) -> Literal["nccl", "gloo"]:
 class TensorSpec:
     """One parameter as the receivers pre-allocate it."""
 
-
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-
 
     @property
     def nbytes(self) -> int:
@@ -96,7 +96,8 @@ def bucket_offsets(bucket: list[TensorSpec]) -> tuple[list[int], int]:
     return offsets, off
 
 
-def pack_bucket(bucket: list[TensorSpec], tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+def pack_bucket(bucket: list[TensorSpec], tensors: list[torch.Tensor],
+                device: torch.device | str = "cpu") -> torch.Tensor:
     """[nbytes] uint8: the bucket's tensors laid out at :func:`bucket_offsets`."""
     offsets, total = bucket_offsets(bucket)
     buf = torch.zeros(total, dtype=torch.uint8, device=device)
@@ -110,7 +111,8 @@ def pack_bucket(bucket: list[TensorSpec], tensors: list[torch.Tensor], device: t
 def unpack_bucket(bucket: list[TensorSpec], buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) views into ``buf`` (a packed bucket), in plan order."""
     offsets, _ = bucket_offsets(bucket)
-    return [(s.name, buf[off: off + s.nbytes].view(s.dtype).view(s.shape)) for s, off in zip(bucket, offsets)]
+    return [(s.name, buf[off: off + s.nbytes].view(s.dtype).view(s.shape))
+            for s, off in zip(bucket, offsets, strict=True)]
 
 
 WeightPart = tuple[str, tuple[int, ...], str, "np.ndarray"]
@@ -134,7 +136,6 @@ def assemble_parts(ranks: list[list[WeightPart]]) -> list[tuple[str, torch.Tenso
     the tensor is the ranks' parts concatenated in rank order, cut to the shape's size. Tensors
     may share memory with the (read-only) arrays: the engine's reload only reads them."""
     import warnings
-
 
     out = []
     for entries in zip(*ranks, strict=True):

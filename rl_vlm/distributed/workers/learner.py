@@ -436,7 +436,7 @@ class Learner:
         the optimizer and the LR scheduler under ``learner/``; beside them go this rank's EMA
         partitions (GRPO-CARE), its RNG states and its optimizer-step counter. Rank 0 also
         writes the HF config and processor that ``rl-vlm export`` needs."""
-        from rl_vlm.checkpoint.store import rng_state
+        from rl_vlm.seeds import rng_state
 
         self.engine.save_checkpoint(path, tag="learner", save_latest=False,
                                     client_state={"optimizer_steps": self.optimizer_steps})
@@ -450,7 +450,7 @@ class Learner:
 
     def load_checkpoint(self, path: str) -> int:
         """Restore what :meth:`save_checkpoint` wrote (collective); returns the optimizer step."""
-        from rl_vlm.checkpoint.store import set_rng_state
+        from rl_vlm.seeds import set_rng_state
 
         load_path, _ = self.engine.load_checkpoint(path, tag="learner", load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)

@@ -19,6 +19,8 @@ from rl_vlm.config import RolloutConfig
 from rl_vlm.validation import resolve_rollout_dtype
 
 if TYPE_CHECKING:
+    from vllm.inputs import TextPrompt
+
     from rl_vlm.distributed.interfaces import WeightRefs
 
 
@@ -57,7 +59,8 @@ class RolloutEngine:
         # when a request with its own seed is split across scheduler steps.
         self.llm = LLM(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager, max_model_len=max_model_len,
                        enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len),
-                       limit_mm_per_prompt={"image": 4}, worker_extension_cls="rl_vlm.distributed.sync.engine_hook.WeightUpdateExtension",
+                       limit_mm_per_prompt={"image": 4},
+                       worker_extension_cls="rl_vlm.distributed.sync.engine_hook.WeightUpdateExtension",
                        **kwargs)
         if device == "cpu" and torch.get_num_threads() != cfg.torch_threads:
             raise RuntimeError(f"rollout.torch_threads={cfg.torch_threads}, but vLLM left the engine at "
@@ -68,7 +71,9 @@ class RolloutEngine:
         tok = self.llm.get_tokenizer()
         banned = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
         ids = [tok.convert_tokens_to_ids(t) for t in banned]
-        self.logit_bias = {i: -100.0 for i in ids if isinstance(i, int) and i != tok.unk_token_id}
+        # vLLM's TokenizerLike protocol leaves out unk_token_id; the engine's HF tokenizer has it.
+        unk = tok.unk_token_id  # type: ignore[attr-defined]
+        self.logit_bias = {i: -100.0 for i in ids if isinstance(i, int) and i != unk}
 
     def pid(self) -> int:
         return os.getpid()
@@ -81,7 +86,7 @@ class RolloutEngine:
         return ray.get_runtime_context().get_node_id()
 
     @staticmethod
-    def _request(p: Prompt) -> dict[str, Any]:
+    def _request(p: Prompt) -> TextPrompt:
         return {"prompt": p.prompt_text, "multi_modal_data": {"image": list(p.images)}}
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_new_tokens: int,
@@ -98,7 +103,12 @@ class RolloutEngine:
         for out in outs:
             for c in out.outputs:
                 ids = list(c.token_ids)
-                lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], ids)]
+                # No logprobs (None) gives no lps; otherwise vLLM returns one entry per token.
+                # (vLLM's FlatLogprobs types its entries Optional, as for prompt logprobs; sampled
+                # tokens always have theirs.)
+                lps = [float(d[t].logprob)  # type: ignore[index]
+                       for d, t in zip(c.logprobs or [], ids, strict=False)]
+                assert out.prompt_token_ids is not None  # set for every text prompt
                 samples.append(SampleOut(list(out.prompt_token_ids), ids, lps, c.text, c.finish_reason == "length"))
         return samples
 
