@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rl_vlm.config import Config, ConfigError, from_dict, to_dict
 
@@ -34,7 +34,7 @@ def from_omegaconf(cfg: Any) -> Config:
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
     raw.pop("experiment", None)
-    return from_dict(Config, raw)
+    return from_dict(Config, cast("dict[str, Any]", raw))  # a DictConfig's keys are strings
 
 
 def compose(overrides: list[str] | None = None) -> Config:

@@ -161,7 +161,8 @@ class AlgorithmConfig:
     """beta of the KL-to-reference loss term; 0 = no reference model is loaded."""
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
     """k1 = log-ratio, k2 = half squared log-ratio, k3 = low-variance KL (DeepSeekMath)."""
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                      "seq-mean-token-sum-norm"] = "token-mean"
     entropy_coef: float = 0.0
     """Coefficient of the exact full-vocabulary entropy bonus (``loss -= coef * H``)."""
     # Each variant's knobs, validated when built (rl_vlm/algorithms/<variant>_config.py).
@@ -402,7 +403,7 @@ class Config:
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass type, not an instance
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return from_dict(tp, value, key)
@@ -436,7 +437,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

@@ -17,7 +17,7 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 def validate(cfg: Config, check_paths: bool = True) -> Config:
     """Raise ConfigError naming the first offending key; return ``cfg`` unchanged otherwise."""
-    d, r, l, a, c, t = cfg.data, cfg.rollout, cfg.learner, cfg.algorithm, cfg.cluster, cfg.trainer
+    d, r, lc, a, c, t = cfg.data, cfg.rollout, cfg.learner, cfg.algorithm, cfg.cluster, cfg.trainer
     _require(d.rollout_batch_size > 0, "data.rollout_batch_size", "must be positive")
     _require(r.n >= 2, "rollout.n", f"GRPO needs at least 2 samples per prompt, got {r.n}")
     _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
@@ -26,24 +26,24 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
     _require(r.num_engines >= 1, "rollout.num_engines", "must be >= 1")
     _require(r.torch_threads >= 1, "rollout.torch_threads", f"must be >= 1, got {r.torch_threads}")
-    _require(l.torch_threads >= 1, "learner.torch_threads", f"must be >= 1, got {l.torch_threads}")
+    _require(lc.torch_threads >= 1, "learner.torch_threads", f"must be >= 1, got {lc.torch_threads}")
     _require(r.val_n >= 1, "rollout.val_n", "must be >= 1")
     _require(r.val_n == 1 or r.val_temperature > 0, "rollout.val_temperature",
              f"rollout.val_n={r.val_n} samples need val_temperature > 0 (greedy samples are identical)")
-    _require(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
-    _require(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0..3, got {l.zero_stage}")
-    _require(l.lr > 0, "learner.lr", "must be positive")
-    _require(l.mini_batch_size > 0 and d.rollout_batch_size % l.mini_batch_size == 0, "learner.mini_batch_size",
-             f"{l.mini_batch_size} must divide data.rollout_batch_size={d.rollout_batch_size}")
-    seqs = l.mini_batch_size * r.n
-    _require(seqs % l.num_ranks == 0, "learner.num_ranks",
-             f"a mini-batch of {l.mini_batch_size} prompts x rollout.n={r.n} = {seqs} sequences "
-             f"does not split evenly over {l.num_ranks} ranks")
-    per_rank = seqs // l.num_ranks
-    _require(l.micro_batch_size > 0 and per_rank % l.micro_batch_size == 0, "learner.micro_batch_size",
-             f"{l.micro_batch_size} must divide the {per_rank} sequences each rank gets per mini-batch "
+    _require(lc.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
+    _require(lc.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0..3, got {lc.zero_stage}")
+    _require(lc.lr > 0, "learner.lr", "must be positive")
+    _require(lc.mini_batch_size > 0 and d.rollout_batch_size % lc.mini_batch_size == 0, "learner.mini_batch_size",
+             f"{lc.mini_batch_size} must divide data.rollout_batch_size={d.rollout_batch_size}")
+    seqs = lc.mini_batch_size * r.n
+    _require(seqs % lc.num_ranks == 0, "learner.num_ranks",
+             f"a mini-batch of {lc.mini_batch_size} prompts x rollout.n={r.n} = {seqs} sequences "
+             f"does not split evenly over {lc.num_ranks} ranks")
+    per_rank = seqs // lc.num_ranks
+    _require(lc.micro_batch_size > 0 and per_rank % lc.micro_batch_size == 0, "learner.micro_batch_size",
+             f"{lc.micro_batch_size} must divide the {per_rank} sequences each rank gets per mini-batch "
              f"(learner.mini_batch_size * rollout.n / learner.num_ranks)")
-    _require(l.old_logprobs == "recompute" or (r.temperature == 1.0 and r.top_p == 1.0), "learner.old_logprobs",
+    _require(lc.old_logprobs == "recompute" or (r.temperature == 1.0 and r.top_p == 1.0), "learner.old_logprobs",
              f"'rollout' needs rollout.temperature=1 and rollout.top_p=1 (vLLM returns log-probs of the raw "
              f"distribution), got temperature={r.temperature}, top_p={r.top_p}; use 'recompute'")
     _require(d.rollout_batch_size % r.num_engines == 0 or d.rollout_batch_size >= r.num_engines,
@@ -73,16 +73,18 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(t.keep_last >= 0, "trainer.keep_last", "must be >= 0")
     _require(t.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
     m = cfg.model
-    _require(not l.offload_params or l.zero_stage == 3, "learner.offload_params",
-             f"parameter offload needs learner.zero_stage=3, got {l.zero_stage}")
-    _require(not l.offload_optimizer or l.zero_stage >= 1, "learner.offload_optimizer",
+    _require(not lc.offload_params or lc.zero_stage == 3, "learner.offload_params",
+             f"parameter offload needs learner.zero_stage=3, got {lc.zero_stage}")
+    _require(not lc.offload_optimizer or lc.zero_stage >= 1, "learner.offload_optimizer",
              "optimizer offload needs learner.zero_stage >= 1")
     device = resolve_device(c.device)
     if device == "gpu":
-        from rl_vlm.distributed.placement import plan_gpus  # here: placement imports this module
+        from rl_vlm.distributed.placement import (
+            plan_gpus,  # here: placement imports this module
+        )
 
         plan_gpus(num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node, num_engines=r.num_engines,
-                  tensor_parallel_size=r.tensor_parallel_size, num_ranks=l.num_ranks, colocate=c.colocate,
+                  tensor_parallel_size=r.tensor_parallel_size, num_ranks=lc.num_ranks, colocate=c.colocate,
                   rollout_cpus_per_engine=c.rollout_cpus_per_engine, learner_cpus_per_rank=c.learner_cpus_per_rank)
         _require(not c.colocate, "cluster.colocate",
                  "the colocated layout is valid, but the actor groups do not run it yet (vLLM sleep/wake "
@@ -99,10 +101,10 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
                  f"{r.dtype} is not supported on CPU (the engine must match the float32 learner); use auto or float32")
         _require(not c.colocate, "cluster.colocate", "needs GPUs (vLLM sleep/wake); CPU pools are always split")
     if c.address == "local" and c.num_cpus:
-        need = r.num_engines * c.rollout_cpus_per_engine + l.num_ranks * c.learner_cpus_per_rank
+        need = r.num_engines * c.rollout_cpus_per_engine + lc.num_ranks * c.learner_cpus_per_rank
         _require(need <= c.num_cpus, "cluster.num_cpus",
                  f"pools need {need} CPUs (rollout {r.num_engines} x {c.rollout_cpus_per_engine} + "
-                 f"learner {l.num_ranks} x {c.learner_cpus_per_rank}) but cluster.num_cpus={c.num_cpus}")
+                 f"learner {lc.num_ranks} x {c.learner_cpus_per_rank}) but cluster.num_cpus={c.num_cpus}")
     _validate_sampling(cfg, check_paths)
     if check_paths:
         _require(os.path.isdir(cfg.model.path) or _looks_like_hub_id(cfg.model.path), "model.path",

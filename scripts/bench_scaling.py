@@ -122,7 +122,7 @@ def main() -> dict[str, Any]:
                 write_json(out / "results.json", report)
     finally:
         pools.release(failed=False)
-    for axis, values in axes.items():
+    for axis in axes:
         pts = [q for q in report["points"] if q["axis"] == axis]
         keys = ["step_s"] + sorted(k for k in pts[0] if k.startswith("time/"))
         report["fits"][axis] = {k: fit_power([q["value"] for q in pts], [max(q[k], 1e-6) for q in pts]) for k in keys}

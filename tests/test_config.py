@@ -99,8 +99,8 @@ def test_missing_model_path_is_reported() -> None:
 
 
 def test_pool_layout_cpu_and_gpu() -> None:
-    r, l = RolloutConfig(num_engines=2), LearnerConfig(num_ranks=2)
-    cpu = pool_layout(ClusterConfig(), r, l, "cpu")
+    r, lc = RolloutConfig(num_engines=2), LearnerConfig(num_ranks=2)
+    cpu = pool_layout(ClusterConfig(), r, lc, "cpu")
     assert cpu.backend == "gloo" and cpu.rollout_bundles == [{"CPU": 1.0}] * 2
     assert cpu.learner_bundles == [{"CPU": 1.0}] * 2
     gpu = pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(num_engines=2, tensor_parallel_size=2),
@@ -112,7 +112,7 @@ def test_pool_layout_cpu_and_gpu() -> None:
         pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(num_engines=4, tensor_parallel_size=2),
                     LearnerConfig(num_ranks=4), "gpu")
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
-        pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(tensor_parallel_size=16), l, "gpu")
+        pool_layout(ClusterConfig(gpus_per_node=8), RolloutConfig(tensor_parallel_size=16), lc, "gpu")
 
 
 def test_old_logprobs_from_rollout_needs_the_raw_distribution() -> None:

@@ -38,9 +38,9 @@ def test_experiment_composes_and_validates(name: str) -> None:
     build_algorithm(cfg.algorithm)
     if _is_gpu(cfg):
         # One node of 8 GPUs, split between vLLM engines and ZeRO-3 ranks (not colocated).
-        c, r, l = cfg.cluster, cfg.rollout, cfg.learner
+        c, r, lc = cfg.cluster, cfg.rollout, cfg.learner
         assert (c.num_nodes, c.gpus_per_node, c.colocate) == (1, 8, False)
-        assert r.num_engines * r.tensor_parallel_size + l.num_ranks <= 8
+        assert r.num_engines * r.tensor_parallel_size + lc.num_ranks <= 8
         assert cfg.model.attn_implementation == "flash_attention_2"
     else:
         assert cfg.model.path == "artifacts/tiny-qwen2.5-vl"
@@ -160,6 +160,6 @@ def test_gpu_experiment_batches_divide_over_the_ranks() -> None:
     with whole optimizer steps per rollout batch (validate checks this too; spelled out here)."""
     for name in PAPER_SPECS:
         cfg = _load(name)
-        d, r, l = cfg.data, cfg.rollout, cfg.learner
-        assert d.rollout_batch_size % l.mini_batch_size == 0, name
-        assert (l.mini_batch_size * r.n) % (l.num_ranks * l.micro_batch_size) == 0, name
+        d, r, lc = cfg.data, cfg.rollout, cfg.learner
+        assert d.rollout_batch_size % lc.mini_batch_size == 0, name
+        assert (lc.mini_batch_size * r.n) % (lc.num_ranks * lc.micro_batch_size) == 0, name

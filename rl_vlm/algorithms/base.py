@@ -408,4 +408,4 @@ class Algorithm:
         stats["loss"] = total
         # One device->host transfer for all metrics instead of one sync per .item().
         values = torch.stack([v.detach().double().reshape(()) for v in stats.values()]).tolist()
-        return LossOutput(loss=total, metrics=dict(zip(stats.keys(), values)))
+        return LossOutput(loss=total, metrics=dict(zip(stats.keys(), values, strict=True)))

@@ -179,9 +179,10 @@ def trajectory_scaling(seq_dependency: torch.Tensor, valid: torch.Tensor, beta_m
         if idx.numel() == 0:
             continue
         units = {owner.get(i) for i in idx.tolist()}
-        if len(units) != 1 or None in units:
+        home = units.pop() if len(units) == 1 else None
+        if home is None:
             raise ValueError(f"micro-batch {list(members)} does not lie inside one device mini-batch")
-        alpha[idx] = micro_batch_scaling(seq_dependency[idx], valid[idx], bounds[units.pop()], beta_min)
+        alpha[idx] = micro_batch_scaling(seq_dependency[idx], valid[idx], bounds[home], beta_min)
     return alpha
 
 

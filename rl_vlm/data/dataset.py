@@ -21,9 +21,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from rl_vlm.batch import Prompt
 from rl_vlm.data.images import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Any, Union
+from typing import Any
 
 from PIL import Image
 
@@ -25,7 +25,7 @@ MAX_PIXELS = 16384 * FACTOR * FACTOR
 MAX_ASPECT_RATIO = 200
 """Qwen2.5-VL refuses images more elongated than this."""
 
-ImageSpec = Union[str, os.PathLike, bytes, bytearray, dict]
+ImageSpec = str | os.PathLike | bytes | bytearray | dict
 """How a row names an image: a path, raw encoded bytes, or ``{"path": ...}`` / ``{"bytes": ...}``."""
 
 
@@ -100,12 +100,15 @@ def load_image(spec: ImageSpec, base_dir: str | os.PathLike[str] = ".") -> Image
         or other PIL errors when the file is missing or cannot be decoded.
     """
     validate_image_spec(spec)
+    item: str | os.PathLike[str] | bytes | bytearray
     if isinstance(spec, dict):
-        spec = spec["bytes"] if spec.get("bytes") is not None else spec["path"]
-    if isinstance(spec, (bytes, bytearray)):
-        source: Any = io.BytesIO(spec)
+        item = spec["bytes"] if spec.get("bytes") is not None else spec["path"]
     else:
-        path = os.fspath(spec)
+        item = spec
+    if isinstance(item, (bytes, bytearray)):
+        source: Any = io.BytesIO(item)
+    else:
+        path = os.fspath(item)
         source = path if os.path.isabs(path) else os.path.join(os.fspath(base_dir), path)
     with Image.open(source) as img:
         # Decode now, so a truncated file fails here (and its row is skipped) rather than later

@@ -18,8 +18,9 @@ its ``state_dict``; :class:`rl_vlm.data.skipped.SkippedRowsLog` writes them to t
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -226,7 +227,7 @@ class DifficultyTracker:
         """Update the estimate of each prompt's key with its group's mean accuracy."""
         if not self.enabled:
             return
-        for p, acc in zip(prompts, group_accuracy):
+        for p, acc in zip(prompts, group_accuracy, strict=True):
             k = self.key(p)
             old = self.pass_rate.get(k)
             self.pass_rate[k] = float(acc) if old is None else (1 - self.cfg.ema) * old + self.cfg.ema * float(acc)
@@ -305,7 +306,8 @@ class MixtureSampler:
             raise ValueError(f"source weights {list(weights)} must be >= 0 and sum to > 0")
         self.probs = np.asarray(weights, dtype=np.float64) / total
         self.batch_size, self.seed, self.difficulty = batch_size, seed, difficulty
-        self.samplers = [PromptSampler(ds, 1, seed=seeds.mixture_source(seed, k), shuffle=shuffle) for k, ds in enumerate(datasets)]
+        self.samplers = [PromptSampler(ds, 1, seed=seeds.mixture_source(seed, k), shuffle=shuffle)
+                         for k, ds in enumerate(datasets)]
         self.draws = 0
         self.num_rejected = 0
         """Candidates skipped by difficulty-aware sampling."""
@@ -356,6 +358,6 @@ class MixtureSampler:
         if len(state["sources"]) != len(self.samplers):
             raise ValueError(f"sampler state has {len(state['sources'])} sources but this sampler has "
                              f"{len(self.samplers)}")
-        for s, st in zip(self.samplers, state["sources"]):
+        for s, st in zip(self.samplers, state["sources"], strict=True):
             s.load_state_dict(st)
         self.draws, self.num_rejected = int(state["draws"]), int(state["num_rejected"])

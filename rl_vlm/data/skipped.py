@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict
-from typing import Iterable
 
 from rl_vlm.data.dataset import SkippedRow
 from rl_vlm.data.sampling import Sampler

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rl_vlm import seeds
 from rl_vlm.batch import Prompt
@@ -186,7 +187,7 @@ class Curriculum:
         if len(state["samplers"]) != len(self.stages):
             raise ValueError(f"checkpoint has {len(state['samplers'])} curriculum stages, the config "
                              f"{len(self.stages)}")
-        for s, st in zip(self.stages, state["samplers"]):
+        for s, st in zip(self.stages, state["samplers"], strict=True):
             s.sampler.load_state_dict(st)
         self.current, self.entered = int(state["stage"]), True
         self.difficulty.load_state_dict(state["difficulty"])

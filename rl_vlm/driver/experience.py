@@ -7,25 +7,26 @@ with every image view an algorithm asks for (``Algorithm.views``), and (3) the r
 tensors of the :class:`~rl_vlm.algorithms.context.StepContext` the driver-side hooks read
 (contract: :mod:`rl_vlm.algorithms.base`).
 
-View transforms are drawn from ``numpy.random.default_rng([seed, step, k, j])`` (view k, prompt
+View transforms are drawn from ``numpy.random.default_rng`` seeded by :mod:`rl_vlm.seeds` (view k, prompt
 or sequence j), so a step's masks are the same on every run and after a resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from rl_vlm import seeds
 from rl_vlm.algorithms.base import Algorithm, ViewSpec
 from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import LearnerBatch, Prompt, RolloutBatch
 
 
-def pad_responses(values: list[torch.Tensor] | list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_responses(values: Sequence[torch.Tensor] | Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged per-sequence values -> ([N, L] zero-padded, [N, L] mask)."""
     L = max((len(v) for v in values), default=0) or 1
     out = torch.zeros(len(values), L)
@@ -57,7 +58,7 @@ def with_rollout_views(prompts: list[Prompt], algorithm: Algorithm, seed: int, s
     out = list(prompts)
     for k, view in enumerate(algorithm.rollout_views()):
         for j, p in enumerate(prompts):
-            rng = np.random.default_rng([seed, step, 1000 + k, j])
+            rng = np.random.default_rng(seeds.rollout_view(seed, step, k, j))
             out.append(replace(p, uid=f"{p.uid}#{view.name}", images=_transform(view, p.images, rng)))
     return out
 
@@ -87,10 +88,12 @@ def learner_batch(rollout: RolloutBatch, algorithm: Algorithm, num_raw_prompts: 
             if p >= B and rollout_names[p // B - 1] == view.name:
                 seq_images.append(rollout.prompts[p % B].images)
             elif view.per_response:
-                seq_images.append(_transform(view, images[i], np.random.default_rng([seed, step, k, 1_000_000 + i])))
+                rng = np.random.default_rng(seeds.response_view(seed, step, k, i))
+                seq_images.append(_transform(view, images[i], rng))
             else:
                 if p not in per_prompt:
-                    per_prompt[p] = _transform(view, rollout.prompts[p].images, np.random.default_rng([seed, step, k, p]))
+                    rng = np.random.default_rng(seeds.prompt_view(seed, step, k, p))
+                    per_prompt[p] = _transform(view, rollout.prompts[p].images, rng)
                 seq_images.append(per_prompt[p])
         views[view.name] = seq_images
     return LearnerBatch(rollout.prompt_ids, rollout.response_ids, images, views)

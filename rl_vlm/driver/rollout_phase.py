@@ -5,8 +5,10 @@ prompt on the rollout pool, score them; with ``data.dynamic_sampling``, DAPO's d
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -40,6 +42,14 @@ def filter_values(scored: RewardResult, key: str) -> torch.Tensor:
     return scored.sub_scores[key]
 
 
+def _sub_score(s: RewardResult, key: str) -> torch.Tensor | None:
+    return s.sub_scores.get(key)
+
+
+def _present(s: RewardResult, key: str) -> torch.Tensor | None:
+    return s.present.get(key)
+
+
 def merge_groups(parts: Sequence[tuple[RolloutBatch, RewardResult, int]]) -> tuple[RolloutBatch, RewardResult]:
     """One RolloutBatch + RewardResult of the chosen groups ``(rollout, scored, group index)``,
     in the given order."""
@@ -68,9 +78,9 @@ def merge_groups(parts: Sequence[tuple[RolloutBatch, RewardResult, int]]) -> tup
             errors[k] = errors.get(k, 0) + v
     scored = RewardResult(
         overall=pick(lambda s: s.overall, torch.float32),
-        sub_scores={k: pick(lambda s, k=k: s.sub_scores.get(k), torch.float32) for k in keys},
+        sub_scores={k: pick(partial(_sub_score, key=k), torch.float32) for k in keys},
         num_errors=sum(errors.values()), errors=errors,
-        present={k: pick(lambda s, k=k: s.present.get(k), torch.bool) for k in keys})
+        present={k: pick(partial(_present, key=k), torch.bool) for k in keys})
     return rollout, scored
 
 

@@ -20,6 +20,7 @@ and are left alone.
 from __future__ import annotations
 
 import zlib
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,16 +29,18 @@ from torch import nn
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 _NORMS = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
 
+_M = TypeVar("_M", bound=nn.Module)
+
 
 def _std(config: object) -> float:
     """HF's choice of the init std for a config (``PreTrainedModel._init_weights``)."""
     if hasattr(config, "initializer_range"):
-        return float(config.initializer_range or 0.02)  # type: ignore[attr-defined]
+        return float(config.initializer_range or 0.02)
     if hasattr(config, "init_std"):
-        return float(config.init_std)  # type: ignore[attr-defined]
+        return float(config.init_std)
     if hasattr(config, "initializer_factor"):
-        return float(config.initializer_factor)  # type: ignore[attr-defined]
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config  # type: ignore[attr-defined]
+        return float(config.initializer_factor)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return float(getattr(text, "initializer_range", 0.02))
 
 
@@ -54,7 +57,7 @@ def _normal(seed: int, name: str, shape: torch.Size, std: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def deterministic_init_(model: nn.Module, seed: int) -> nn.Module:
+def deterministic_init_(model: _M, seed: int) -> _M:
     """Overwrite every parameter of ``model`` in place, deterministically in ``seed`` and the
     parameter names, independent of the CPU; returns ``model``."""
     from transformers import PreTrainedModel

@@ -22,7 +22,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
 # Qwen2.5-VL's chat template, restricted to what the tiny model needs (text + image items).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
@@ -83,14 +84,22 @@ def tiny_config(tokenizer):  # -> Qwen2_5_VLConfig
                            window_size=112),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False)
+        # Extra config attributes go through the config dataclass's **kwargs, which its
+        # generated signature leaves out.
+        eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False)  # type: ignore[call-arg]
 
 
 def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write model weights, config, generation config and a full processor to ``out_dir``."""
-    from transformers import (GenerationConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor)
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+        Qwen2VLVideoProcessor,
+    )
 
     from rl_vlm.models.init import deterministic_init_
 

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -17,10 +17,10 @@ from rl_vlm.data.prompt import render_prompt, sft_target
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def _examples(split: str, tasks: tuple[str, ...] = ("yes_no", "shape", "color")
+def _examples(split: Literal["train", "test"], tasks: tuple[str, ...] = ("yes_no", "shape", "color")
               ) -> tuple[list[str], list[str], list[str]]:
     """(questions, answers, image paths) of an easy-VQA split, restricted to question ``tasks``."""
-    q, a, ids, paths = package_split(split)  # type: ignore[arg-type]
+    q, a, ids, paths = package_split(split)
     keep = [i for i in range(len(q)) if question_task(a[i]) in tasks]
     return [q[i] for i in keep], [a[i] for i in keep], [paths[ids[i]] for i in keep]
 
@@ -29,11 +29,11 @@ def _image(path: str, size: int) -> Any:
     from PIL import Image
 
     with Image.open(path) as im:
-        return im.convert("RGB").resize((size, size), Image.BICUBIC)
+        return im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
 
 
 def _encode(processor: Any, prompts: list[str], images: list[Any], targets: list[str] | None) -> dict[str, Any]:
-    texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets)]
+    texts = prompts if targets is None else [p + t for p, t in zip(prompts, targets, strict=True)]
     side = "right" if targets is not None else "left"
     processor.tokenizer.padding_side = side
     enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
@@ -76,7 +76,8 @@ def _warm_start(model_dir: str | Path, steps: int, batch_size: int, lr: float, s
     by_type: dict[str, list[int]] = {}
     for i, a in enumerate(answers):
         by_type.setdefault(question_task(a), []).append(i)
-    pools = [[pool[j] for j in torch.randperm(len(pool), generator=gen).tolist()] for _, pool in sorted(by_type.items())]
+    pools = [[pool[j] for j in torch.randperm(len(pool), generator=gen).tolist()]
+             for _, pool in sorted(by_type.items())]
     order = [pools[k % len(pools)][(k // len(pools)) % len(pools[k % len(pools)])] for k in range(steps * batch_size)]
     eos = processor.tokenizer.eos_token
     t0, loss_val = time.perf_counter(), float("nan")
@@ -105,7 +106,8 @@ def _warm_start(model_dir: str | Path, steps: int, batch_size: int, lr: float, s
 
 
 @torch.no_grad()
-def evaluate_greedy(model_dir: str | Path, n: int = 200, image_size: int = 112, split: str = "test",
+def evaluate_greedy(model_dir: str | Path, n: int = 200, image_size: int = 112,
+                    split: Literal["train", "test"] = "test",
                     model: Any = None, processor: Any = None, batch_size: int = 50,
                     tasks: tuple[str, ...] = ("yes_no", "shape", "color")) -> dict[str, float]:
     """Greedy HF generation on the first ``n`` questions of ``split``: format rate and accuracy
@@ -124,7 +126,7 @@ def evaluate_greedy(model_dir: str | Path, n: int = 200, image_size: int = 112, 
         enc = _encode(processor, prompts, [_image(paths[i], image_size) for i in idx], None)
         out = model.generate(**enc, max_new_tokens=24, do_sample=False)
         texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, text in zip(idx, texts):
+        for i, text in zip(idx, texts, strict=True):
             m = ANSWER_RE.search(text)
             formatted += bool(re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", text, re.DOTALL))
             ok = float(m is not None and m.group(1).strip().lower() == answers[i])

@@ -33,7 +33,12 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar, cast
 
-from rl_vlm.rewards.accuracy import accuracy_reward, exact_match_reward, math_reward, multiple_choice_reward
+from rl_vlm.rewards.accuracy import (
+    accuracy_reward,
+    exact_match_reward,
+    math_reward,
+    multiple_choice_reward,
+)
 from rl_vlm.rewards.format import format_reward
 from rl_vlm.rewards.grounding import iou_reward
 from rl_vlm.rewards.judgement import jaccard_reward, yes_no_reward
@@ -126,8 +131,6 @@ def resolve_reward(name: str) -> RewardFn:
     if not callable(fn):
         raise ValueError(f"reward function {name!r}: {attr!r} is not callable")
     return cast(RewardFn, fn)
-
-
 
 
 def __getattr__(name: str) -> Any:

@@ -72,7 +72,8 @@ def _resolve(name: str, key: str, resolve_user_code: bool) -> RewardFn | None:
     if where.endswith(".py") or "/" in where or os.sep in where:
         full = os.path.abspath(os.path.expanduser(where))
         if not os.path.isfile(full):
-            hint = "" if os.path.isabs(os.path.expanduser(where)) else " (relative paths resolve against the launch directory)"
+            hint = ("" if os.path.isabs(os.path.expanduser(where))
+                    else " (relative paths resolve against the launch directory)")
             raise ConfigError(f"{key}: {name!r}: file {full!r} does not exist{hint}")
         try:
             module: Any = _load_file(where, name)

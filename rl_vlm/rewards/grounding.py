@@ -23,7 +23,10 @@ BOX_PATTERN = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({
 def parse_box(text: str) -> tuple[float, float, float, float] | None:
     """The first ``[x1, y1, x2, y2]`` in ``text`` (None when there is none)."""
     m = BOX_PATTERN.search(text)
-    return None if m is None else tuple(float(g) for g in m.groups())  # type: ignore[return-value]
+    if m is None:
+        return None
+    x1, y1, x2, y2 = (float(g) for g in m.groups())
+    return x1, y1, x2, y2
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

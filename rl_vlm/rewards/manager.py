@@ -100,7 +100,7 @@ class RewardManager:
             if not fcfgs:
                 raise ValueError(f"{where}: at least one reward function is required")
             start = len(self.slots)
-            for fcfg, key in zip(fcfgs, keys):
+            for fcfg, key in zip(fcfgs, keys, strict=True):
                 fn = resolve_reward(fcfg.name)
                 _check_kwargs(fcfg.name, fn, fcfg.kwargs)
                 label = repr(fcfg.name) + (f" (key {key!r})" if key != fcfg.name else "")

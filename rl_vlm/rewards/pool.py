@@ -176,7 +176,7 @@ class RewardPool:
         self.num_workers = num_workers
         self.timeout_s = timeout_s
         methods = mp.get_all_start_methods()
-        self._ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        self._ctx = mp.get_context("forkserver") if "forkserver" in methods else mp.get_context("spawn")
         if self._ctx.get_start_method() == "forkserver":
             # New workers (replacements after a timeout too) fork from a server that has already
             # imported the rewards and math_verify, so they start in milliseconds.

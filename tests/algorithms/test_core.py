@@ -220,7 +220,7 @@ def test_micro_batches_with_global_denominators_sum_to_the_full_batch(mode: str)
     max_len = 8
     leaves = [torch.randn(r, generator=gen, dtype=F64).requires_grad_(True) for r in resp_lens]
     olds = [torch.randn(r, generator=gen, dtype=F64) * 0.3 for r in resp_lens]
-    advs = [torch.full((r,), a, dtype=F64) for r, a in zip(resp_lens, [1.0, -0.5, 0.3, -2.0, 0.7, 1.5])]
+    advs = [torch.full((r,), a, dtype=F64) for r, a in zip(resp_lens, [1.0, -0.5, 0.3, -2.0, 0.7, 1.5], strict=True)]
 
     def token_loss(i: int) -> torch.Tensor:
         logp = leaves[i] * 0.3 - 1.0
@@ -259,7 +259,7 @@ def test_micro_batches_with_global_denominators_sum_to_the_full_batch(mode: str)
     per_seq = [token_loss(i).tolist() for i in range(6)]
     torch.testing.assert_close(full, torch.tensor(_reference_aggregate(per_seq, mode, max_len), dtype=F64))
     torch.testing.assert_close(micro_total, full)
-    for g_micro, g_full in zip(micro_grads, full_grads):
+    for g_micro, g_full in zip(micro_grads, full_grads, strict=True):
         torch.testing.assert_close(g_micro, g_full)
 
 

@@ -191,7 +191,7 @@ def test_loss_and_metrics_sum_over_micro_batches(mode: str) -> None:
     micro_grads = torch.autograd.grad(total, [theta, ent_param])
 
     torch.testing.assert_close(total, full_loss)
-    for g_micro, g_full in zip(micro_grads, full_grads):
+    for g_micro, g_full in zip(micro_grads, full_grads, strict=True):
         torch.testing.assert_close(g_micro, g_full)
     assert summed.keys() == full_metrics.keys()
     for k in full_metrics:

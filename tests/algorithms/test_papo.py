@@ -389,7 +389,7 @@ def test_loss_and_metrics_sum_over_micro_batches(mode: str, recompute: bool) -> 
         total = total + loss
         for k, v in metrics.items():
             summed[k] += v
-    for g_micro, g_full in zip(torch.autograd.grad(total, params), full_grads):
+    for g_micro, g_full in zip(torch.autograd.grad(total, params), full_grads, strict=True):
         torch.testing.assert_close(g_micro, g_full)
     torch.testing.assert_close(total, full_loss)
     for name in ("papo/kl_prcp", "papo/entropy_ori", "papo/entropy_aug", "papo/kl_prcp_kept_frac"):

@@ -87,9 +87,9 @@ def test_multirun_dispatch_with_stub_training(tmp_path: Path, monkeypatch: pytes
 
     seen = []
 
-    def fake_training(cfg):  # what train() would leave behind: metrics.jsonl in output_dir
+    def fake_training(cfg, pools):  # what train() would leave behind: metrics.jsonl in output_dir
         seen.append((cfg.trainer.output_dir, cfg.trainer.seed, cfg.algorithm.norm_adv_by_std, cfg.learner.lr,
-                     cfg.trainer.wandb_run_name, os.environ.get("WANDB_RUN_GROUP")))
+                     cfg.trainer.wandb_run_name, os.environ.get("WANDB_RUN_GROUP"), pools))
         if cfg.learner.lr == 2e-6 and not cfg.algorithm.norm_adv_by_std:
             raise RuntimeError("boom")
         os.makedirs(cfg.trainer.output_dir, exist_ok=True)
@@ -107,6 +107,8 @@ def test_multirun_dispatch_with_stub_training(tmp_path: Path, monkeypatch: pytes
     assert [s[1] for s in seen] == [5, 6, 7, 8]
     assert [(s[2], s[3]) for s in seen] == [(True, 1e-6), (True, 2e-6), (False, 1e-6), (False, 2e-6)]
     assert seen[0][4] == "algorithm=grpo,learner.lr=1e-06" and {s[5] for s in seen} == {"sw"}
+    # The runs of one sweep share one running system (re-pointed per run, see SharedPools).
+    assert len({id(s[6]) for s in seen}) == 1 and type(seen[0][6]).__name__ == "SharedPools"
     runs = summarize(str(sweep))
     assert [(r.job, r.status) for r in runs] == [(1, "ok"), (0, "ok"), (2, "ok"), (3, "failed")]
     assert "boom" in json.loads((sweep / "3" / "sweep_run.json").read_text())["error"]

@@ -26,7 +26,7 @@ import torch
 from rl_vlm.checkpoint.store import CheckpointStore, is_complete
 from rl_vlm.driver.tracking import read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 4
 # Timings and the clock differ between runs by nature; everything else must be identical.

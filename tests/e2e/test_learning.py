@@ -18,7 +18,7 @@ from rl_vlm.distributed.provider import SharedPools
 from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MARGIN = 0.40
 

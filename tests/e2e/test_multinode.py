@@ -32,7 +32,7 @@ import pytest
 
 from rl_vlm.driver.tracking import read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SYNC_TOL = 1e-3
 RAY = str(Path(sys.executable).with_name("ray"))

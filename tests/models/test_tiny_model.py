@@ -9,14 +9,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import torch
 from PIL import Image
 
 from rl_vlm import cli
 from rl_vlm.data.prompt import render_prompt
-from rl_vlm.models.tiny import (SHIPPED_DIR, SHIPPED_SEED, SUMS_FILE, WARM_START_STEPS, ShippedModelError,
-                                install_shipped, read_sums, verify_sums)
+from rl_vlm.models.tiny import (
+    SHIPPED_DIR,
+    SHIPPED_SEED,
+    SUMS_FILE,
+    WARM_START_STEPS,
+    ShippedModelError,
+    install_shipped,
+    read_sums,
+    verify_sums,
+)
 
 # The random-init model (seed 0) and the shipped warm-started one (SHIPPED_SEED). Both are the same bytes on every
 # CPU with the locked libraries (numpy-drawn init; shipped files). A change to the tokenizer corpus,

@@ -194,8 +194,13 @@ class Learner:
             out = self.processor.image_processor(images=imgs, return_tensors="pt")
             self._pixels.append((out["pixel_values"], out["image_grid_thw"]))
 
+    def _shard(self) -> RankShard:
+        if self.shard is None:
+            raise RuntimeError("no batch: call set_batch first")
+        return self.shard
+
     def _collate(self, idx: list[int], view: str | None = None) -> SequenceBatch:
-        s = self.shard
+        s = self._shard()
         assert s is not None
         image_of = s.image_index if view is None else s.view_index[view]
         seqs = [s.prompt_ids[i] + s.response_ids[i] for i in idx]
@@ -228,7 +233,7 @@ class Learner:
         out = module(input_ids=ids, attention_mask=b.attention_mask.to(dev),
                      pixel_values=b.pixel_values.to(dev, dtype=next(module.parameters()).dtype),
                      image_grid_thw=b.image_grid_thw.to(dev), mm_token_type_ids=mm_types, use_cache=False)
-        return out.logits / self.shard.temperature
+        return out.logits / self._shard().temperature
 
     def _forward(self, module: torch.nn.Module, b: SequenceBatch, with_entropy: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -243,7 +248,7 @@ class Learner:
 
     def _responses(self, values: torch.Tensor, micro: list[int], out: list[torch.Tensor]) -> None:
         """Cut the response part of [n, T] ``values`` into ``out[i]`` for each sequence i."""
-        s = self.shard
+        s = self._shard()
         for row, i in enumerate(micro):
             p, r = len(s.prompt_ids[i]), len(s.response_ids[i])
             out[i] = values[row, p: p + r].float().cpu()
@@ -254,7 +259,7 @@ class Learner:
         the policy, the frozen ``reference`` or the ``ema`` reference."""
         engine = {"policy": self.engine, "reference": self.ref_engine, "ema": self.ema_engine}[which]
         engine.eval()
-        s = self.shard
+        s = self._shard()
         out: list[torch.Tensor] = [torch.empty(0)] * len(s.prompt_ids)
         order = [i for mb in s.mini_batches for i in mb]
         for micro in self._micro_batches(order):
@@ -269,7 +274,7 @@ class Learner:
         ``kl_rev`` = KL(P_view ‖ P) of the full next-token distributions (P: own images).
         Kept for the update (:attr:`LossInputs.views`) and returned to the driver."""
         self.engine.eval()
-        s = self.shard
+        s = self._shard()
         n = len(s.prompt_ids)
         order = [i for mb in s.mini_batches for i in mb]
         for view in self.algorithm.views():
@@ -294,7 +299,8 @@ class Learner:
     def _per_token(self, values: list[torch.Tensor], micro: list[int], like: SequenceBatch) -> torch.Tensor:
         out = torch.zeros_like(like.response_mask)
         for row, i in enumerate(micro):
-            p, r = len(self.shard.prompt_ids[i]), len(self.shard.response_ids[i])
+            s = self._shard()
+            p, r = len(s.prompt_ids[i]), len(s.response_ids[i])
             out[row, p: p + r] = values[i]
         return out
 
@@ -304,7 +310,7 @@ class Learner:
         response-aligned ([len(response)] each). Returns metrics summed over micro-batches
         (global-normalised contributions; the driver sums them over ranks) averaged over
         mini-batches, plus grad norm and learning rate."""
-        s = self.shard
+        s = self._shard()
         self.engine.train()
         totals: dict[str, float] = {}
         grad_norms, n_mb = [], len(s.mini_batches)
@@ -324,7 +330,7 @@ class Learner:
                     logprobs=logp, old_logprobs=self._per_token(old_logprobs, micro, b).to(dev),
                     ref_logprobs=None if ref_logprobs is None else self._per_token(ref_logprobs, micro, b).to(dev),
                     advantages=self._per_token(advantages, micro, b).to(dev), response_mask=b.response_mask.to(dev),
-                    entropy=ent if self.algorithm.needs_entropy_grad else ent.detach(),
+                    entropy=ent if self.algorithm.needs_entropy_grad or ent is None else ent.detach(),
                     num_tokens=s.num_tokens[k], num_seqs=s.num_seqs[k],
                     max_response_len=s.max_response_len, step=s.step, total_steps=s.total_steps, views=views)
                 res = self.algorithm.loss(inp)
@@ -345,7 +351,7 @@ class Learner:
         over all ranks (the global denominator). Metrics as :meth:`update` returns them."""
         from rl_vlm.algorithms.core import sft_nll
 
-        s = self.shard
+        s = self._shard()
         self.engine.train()
         loss_sum, grad_norms, n_mb = 0.0, [], len(s.mini_batches)
         for k, mb in enumerate(s.mini_batches):
@@ -375,7 +381,8 @@ class Learner:
         """φ ← decay·φ + (1 − decay)·θ (GRPO-CARE §4.1). Under ZeRO-3 both models are partitioned
         identically, so the update runs on each rank's own partitions: elementwise, it equals
         the authors' update on gathered weights without gathering them."""
-        for p, q in zip(self.engine.module.parameters(), self.ema_engine.module.parameters()):
+        assert self.ema_engine is not None, "no EMA reference: the algorithm asked for none"
+        for p, q in zip(self.engine.module.parameters(), self.ema_engine.module.parameters(), strict=True):
             dst = _partition(q)
             dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
 
@@ -461,7 +468,7 @@ class Learner:
             if "ema" not in state:
                 raise RuntimeError(f"{path} holds no EMA reference model but the algorithm needs one")
             with torch.no_grad():
-                for q, saved in zip(self.ema_engine.module.parameters(), state["ema"]):
+                for q, saved in zip(self.ema_engine.module.parameters(), state["ema"], strict=True):
                     _partition(q).copy_(saved)
         self.optimizer_steps = int(state["optimizer_steps"])
         set_rng_state(state["rng"])

@@ -60,7 +60,7 @@ def test_offsets_are_aligned_and_pack_roundtrips_mixed_dtypes() -> None:
     tensors = [torch.randn(3, 5), torch.randn(7).bfloat16(), torch.tensor([3, -4])]
     out = unpack_bucket(bucket, pack_bucket(bucket, tensors))
     assert [n for n, _ in out] == ["w", "h", "i"]
-    for (_, got), want in zip(out, tensors):
+    for (_, got), want in zip(out, tensors, strict=True):
         assert got.dtype == want.dtype and torch.equal(got, want)
     with pytest.raises(ValueError, match="plan says"):
         pack_bucket(bucket, [torch.randn(5, 3), tensors[1], tensors[2]])
