@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from rl_vlm.batch import Prompt
 from rl_vlm.config import DifficultyConfig
 from rl_vlm.data.dataset import IMAGE_PAD, RowDataset, SkippedRow
 from rl_vlm.data.sampling import (
@@ -29,28 +28,7 @@ from rl_vlm.data.sampling import (
     frontier_weight,
 )
 from rl_vlm.data.skipped import SKIPPED_ROWS_FILE, SkippedRowsLog
-
-
-class FakeDataset:
-    """A RowSource (what PromptSampler needs of a RowDataset) without bad rows."""
-
-    def __init__(self, name: str, n: int, task: str = "") -> None:
-        self.name, self.n, self.files, self.num_bad = name, n, [f"{name}.jsonl"], 0
-        self.task = task or name
-
-    def __len__(self) -> int:
-        return self.n
-
-    def get(self, i: int) -> Prompt:
-        return Prompt(uid=f"{self.name}:{i}", prompt_text="", images=[],
-                      row={"problem": "q", "answer": "yes", "task": self.task})
-
-    def bad_row(self, i: int) -> None:
-        return None
-
-
-def _uids(batch: list[Prompt]) -> list[str]:
-    return [p.uid for p in batch]
+from tests.data.fake_rows import FakeDataset, _uids
 
 
 class WordTokenizer:

@@ -32,28 +32,7 @@ from rl_vlm.driver.rollout_phase import group_keep, sample_groups
 from rl_vlm.driver.sft import sft_batch
 from rl_vlm.rewards.manager import RewardResult
 from rl_vlm.validation import validate
-
-
-class FakeDataset:
-    """A RowSource (what PromptSampler needs of a RowDataset) without bad rows."""
-
-    def __init__(self, name: str, n: int, task: str = "") -> None:
-        self.name, self.n, self.files, self.num_bad = name, n, [f"{name}.jsonl"], 0
-        self.task = task or name
-
-    def __len__(self) -> int:
-        return self.n
-
-    def get(self, i: int) -> Prompt:
-        return Prompt(uid=f"{self.name}:{i}", prompt_text="", images=[],
-                      row={"problem": "q", "answer": "yes", "task": self.task})
-
-    def bad_row(self, i: int) -> None:
-        return None
-
-
-def _uids(batch: list[Prompt]) -> list[str]:
-    return [p.uid for p in batch]
+from tests.data.fake_rows import FakeDataset, _uids
 
 
 # ---------------------------------------------------------------- stages
