@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_DIR = "artifacts/tiny-qwen2.5-vl"
 DEFAULT_DATA_DIR = "artifacts/easy_vqa"
 DEFAULT_WARM_START_STEPS = -1  # -1: the builder's own default
-SHIPPED_SEED = 1  # rl_vlm.models.tiny.SHIPPED_SEED, without importing torch for --help
+REBUILD_SEED = 1  # rl_vlm.models.tiny.REBUILD_SEED, without importing torch for --help
 
 
 def _train(argv: list[str], mode: str = "train") -> int:
@@ -159,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                        "SHA256SUMS; the warm-started numbers you get depend on your CPU type (setup-cpu-demo copies "
                        "the shipped build instead)")
     b.add_argument("--out", default=DEFAULT_MODEL_DIR)
-    b.add_argument("--seed", type=int, default=SHIPPED_SEED)
+    b.add_argument("--seed", type=int, default=REBUILD_SEED)
     b.add_argument("--warm-start-steps", type=int, default=DEFAULT_WARM_START_STEPS)
     p = sub.add_parser("prepare-data", help="convert the easy-VQA package into JSONL rows")
     p.add_argument("--out", default=DEFAULT_DATA_DIR)
     s = sub.add_parser("setup-cpu-demo", help="prepare-data, copy the shipped tiny model into artifacts/ (sums "
                        "checked) and prebuild-ops")
-    s.add_argument("--seed", type=int, default=SHIPPED_SEED,
-                   help=f"a seed other than the shipped model's ({SHIPPED_SEED}) implies --rebuild")
+    s.add_argument("--seed", type=int, default=REBUILD_SEED,
+                   help=f"a seed other than the shipped model's ({REBUILD_SEED}) implies --rebuild")
     s.add_argument("--rebuild", action="store_true",
                    help="build and warm-start the model here instead (the numbers you get depend on your CPU type)")
     sub.add_parser("prebuild-ops", help="JIT-build the DeepSpeed ops a CPU learner loads (cached; once per machine)")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         _prebuild_ops()
     elif args.cmd == "setup-cpu-demo":
         _prepare_data(DEFAULT_DATA_DIR)
-        if args.rebuild or args.seed != SHIPPED_SEED:
+        if args.rebuild or args.seed != REBUILD_SEED:
             import shutil
 
             shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)

@@ -124,13 +124,16 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 WARM_START_STEPS = 300
-# The seed of the shipped build. Not 0: the warm start is on a knife-edge per seed, and with the
-# numpy-drawn init seed 0's stays at chance on colour (see build_info.json of a rebuild).
-SHIPPED_SEED = 1
+# The seed a rebuild uses (build-tiny-model, setup-cpu-demo --rebuild). Not 0: the warm start is
+# on a knife-edge per seed, and with the numpy-drawn init seed 0's stays at chance on colour.
+REBUILD_SEED = 1
 
-# The warm-started model (SHIPPED_SEED, WARM_START_STEPS steps), built once and shipped: the warm
-# start's float kernels differ by instruction set (AVX2 vs AVX-512/AMX), so a build is a different
-# model on each CPU type; copying these files gives every machine the same bytes.
+# The warm-started model, built once and shipped: the warm start's float kernels differ by
+# instruction set (AVX2 vs AVX-512/AMX), so a build is a different model on each CPU type; copying
+# these files gives every machine the same bytes. The shipped build is the previous recipe's
+# (torch's own init, seed 0; its build_info.json says so), not a rebuild's: GRPO raises its greedy
+# held-out accuracy, while a rebuild's seed-1 model, warm-started further, lost greedy accuracy
+# under GRPO at every lr tried.
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "tiny-qwen2.5-vl"
 SUMS_FILE = "SHA256SUMS"
 
@@ -221,7 +224,7 @@ def install_shipped(out_dir: str | Path, src: str | Path = SHIPPED_DIR) -> bool:
     return True
 
 
-def build_and_warm_start(out_dir: str | Path, seed: int = SHIPPED_SEED,
+def build_and_warm_start(out_dir: str | Path, seed: int = REBUILD_SEED,
                          warm_start_steps: int = WARM_START_STEPS) -> Path:
     """:func:`build_tiny_model`, then a short supervised pass so the policy follows the format;
     writes ``SHA256SUMS``. The warm start's result depends on the CPU type (``build_info.json``

@@ -29,6 +29,7 @@ from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import SequenceBatch
 from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from rl_vlm.distributed.sharding import RankShard
+from rl_vlm.distributed.workers.identity import ActorIdentity
 
 
 def _partition(p: torch.nn.Parameter) -> torch.Tensor:
@@ -56,7 +57,7 @@ def shifted_entropy(logits: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(entropy_from_logits(logits[:, :-1].float()), (1, 0))
 
 
-class Learner:
+class Learner(ActorIdentity):
     """A ZeRO-3 rank. Construct, then call :meth:`init` on every rank at once (it rendezvouses)."""
 
     def __init__(self, rank: int, world_size: int, model_cfg: ModelConfig, learner_cfg: LearnerConfig,
@@ -91,16 +92,6 @@ class Learner:
         return self.init(self._master[0], self._master[1], gas)
 
     # ---------------------------------------------------------------- setup
-    def pid(self) -> int:
-        return os.getpid()
-
-    @staticmethod
-    def node_id() -> str:
-        """The Ray node this rank runs on."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
     @staticmethod
     def free_address() -> tuple[str, int]:
         """This node's IP and a free TCP port, for the process-group rendezvous."""

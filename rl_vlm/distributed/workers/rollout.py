@@ -16,6 +16,7 @@ import torch
 from rl_vlm import seeds
 from rl_vlm.batch import Prompt
 from rl_vlm.config import RolloutConfig
+from rl_vlm.distributed.workers.identity import ActorIdentity
 from rl_vlm.validation import resolve_rollout_dtype
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class SampleOut:
     """Stopped by ``max_new_tokens`` rather than EOS."""
 
 
-class RolloutEngine:
+class RolloutEngine(ActorIdentity):
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, device: str,
                  max_model_len: int = 2048) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -74,16 +75,6 @@ class RolloutEngine:
         # vLLM's TokenizerLike protocol leaves out unk_token_id; the engine's HF tokenizer has it.
         unk = tok.unk_token_id  # type: ignore[attr-defined]
         self.logit_bias = {i: -100.0 for i in ids if isinstance(i, int) and i != unk}
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    @staticmethod
-    def node_id() -> str:
-        """The Ray node this engine runs on."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
 
     @staticmethod
     def _request(p: Prompt) -> TextPrompt:
