@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rl_vlm.distributed.interfaces import Pools
-from rl_vlm.distributed.runtime import PoolLayout, pool_layout, start_ray
+from rl_vlm.distributed.runtime import PoolLayout, local_cpus, pool_layout, start_ray
 from rl_vlm.distributed.sync.plan import resolve_weight_sync
 from rl_vlm.validation import resolve_device
 
@@ -138,8 +138,7 @@ class SharedPools:
     def acquire(self, cfg: Config, with_learners: bool) -> Pools:
         device = resolve_device(cfg.cluster.device)
         layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
-        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0)
-                                               for b in layout.rollout_bundles + layout.learner_bundles))
+        cpus = local_cpus(cfg, layout)
         ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
         r = cfg.rollout
         engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,

@@ -66,6 +66,11 @@ def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: Learner
     return PoolLayout(rb, lb, "gloo")
 
 
+def local_cpus(cfg: Config, layout: PoolLayout) -> int:
+    """CPUs of the private local Ray instance: ``cluster.num_cpus``, or what the bundles need."""
+    return cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+
+
 def start_ray(cfg: Config, layout: PoolLayout) -> None:
     """Start a private local Ray instance (``cluster.address=local``) or join an existing one."""
     import ray
@@ -76,8 +81,7 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
     env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.rollout.kv_cache_gib)))
     runtime_env = {"env_vars": env}
     if cfg.cluster.address == "local":
-        cpus = cfg.cluster.num_cpus or int(sum(b.get("CPU", 0)
-                                               for b in layout.rollout_bundles + layout.learner_bundles))
+        cpus = local_cpus(cfg, layout)
         for attempt in range(LOCAL_START_ATTEMPTS):
             try:
                 ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
