@@ -50,7 +50,22 @@ def _sum_metrics(parts: Sequence[dict[str, float]]) -> dict[str, float]:
     return metrics
 
 
-class RolloutGroup:
+class _Pool:
+    """What both pools expose of their :class:`ActorGroup` (bench scripts and the multinode test
+    reach the actors and the placement group)."""
+
+    group: ActorGroup
+
+    @property
+    def actors(self) -> list[ActorHandle]:
+        return self.group.actors
+
+    @property
+    def pg(self) -> Any:
+        return self.group.pg
+
+
+class RolloutGroup(_Pool):
     """``rollout.num_engines`` vLLM engines; a step's prompts are split across them evenly.
 
     An engine whose actor dies (process killed, node lost) is restarted in its bundle, loaded
@@ -81,14 +96,6 @@ class RolloutGroup:
         self.weight_version = 0
         self._refs = []
         self.group.restarts = 0  # ``rollout/restarts`` counts this run's
-
-    @property
-    def actors(self) -> list[ActorHandle]:
-        return self.group.actors
-
-    @property
-    def pg(self) -> Any:
-        return self.group.pg
 
     @property
     def restarts(self) -> int:
@@ -148,7 +155,7 @@ def _accumulation_steps(cfg: Config) -> int:
     return per_rank_seqs // cfg.learner.micro_batch_size
 
 
-class LearnerGroup:
+class LearnerGroup(_Pool):
     """``learner.num_ranks`` DeepSpeed ZeRO-3 ranks forming one process group; a dead rank is a
     :class:`WorkerFailure` (the others would hang in the next collective)."""
 
@@ -179,14 +186,6 @@ class LearnerGroup:
         self.num_params = self.group.call("reinit", cfg.model, cfg.learner, cfg.algorithm, cfg.trainer.seed,
                                           _accumulation_steps(cfg))[0]
         self.sharding = shard_step([], self.world_size, 1, 1)
-
-    @property
-    def actors(self) -> list[ActorHandle]:
-        return self.group.actors
-
-    @property
-    def pg(self) -> Any:
-        return self.group.pg
 
     @property
     def assignment(self) -> list[list[int]]:
