@@ -56,7 +56,7 @@ def summarize(step_s: list[float], lengths: list[float], completions: int, warmu
 
 # ------------------------------------------------------------------------------------- rl-vlm
 def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argparse.Namespace,
-               old_logprobs: str = "recompute") -> dict[str, Any]:
+               old_logprobs: str = "recompute", pools: Any = None) -> dict[str, Any]:
     from rl_vlm.compose import compose
     from rl_vlm.driver.controller import train
     from rl_vlm.driver.tracking import read_metrics
@@ -73,7 +73,7 @@ def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argp
         *a.overrides,
     ])
     t0 = time.perf_counter()
-    train(cfg)
+    train(cfg, pools=pools)
     wall = time.perf_counter() - t0
     rows = [r for r in read_metrics(str(out)) if r["step"] >= 1]
     res = summarize([r["perf/step_s"] for r in rows], [r["response/length_mean"] for r in rows],
@@ -176,7 +176,10 @@ def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace)
 
 
 # --------------------------------------------------------------------------------------- main
-def main() -> dict[str, Any]:
+def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
+    """``argv``: the command line (default ``sys.argv``); ``pools``: a
+    :class:`~rl_vlm.distributed.interfaces.PoolProvider` for the rl-vlm runs (default: a fresh
+    system per run, as ``rl-vlm train`` starts one; the smoke tests pass their shared one)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,m60m", help="model sizes of bench_common.SIZES")
     p.add_argument("--steps", type=int, default=0, help="steps per run (0: 8 for tiny, 5 otherwise)")
@@ -196,7 +199,7 @@ def main() -> dict[str, Any]:
                    help="extra config overrides for the rl-vlm runs, e.g. learner.num_ranks=1 learner.torch_threads=2")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "e2e"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 warm-up step")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.smoke:
         a.sizes, a.steps, a.warmup = "tiny", 2, 1
     out = Path(a.out)
@@ -223,7 +226,7 @@ def main() -> dict[str, Any]:
                 entry[fw] = run_trl(model, train_file, run_dir, run_args)
             else:  # rl_vlm, or rl_vlm_rollout_lp: π_old from vLLM's sampling log-probs
                 entry[fw] = run_rl_vlm(model, train_file, val_file, run_dir, run_args,
-                                       "rollout" if fw == "rl_vlm_rollout_lp" else "recompute")
+                                       "rollout" if fw == "rl_vlm_rollout_lp" else "recompute", pools)
             print(f"  {fw}: {entry[fw]['step_s']:.2f} s/step, {entry[fw]['completions_per_s']:.1f} completions/s, "
                   f"{entry[fw]['tokens_per_s']:.0f} tokens/s", flush=True)
         for fw, key in (("rl_vlm", "speedup_completions_per_s"), ("rl_vlm_rollout_lp", "speedup_rollout_lp")):

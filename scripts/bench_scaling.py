@@ -61,7 +61,9 @@ def reconfigure(sys_: Any, B: int, G: int, T: int) -> None:
     ray.get([a.__ray_call__.remote(_set_learner, micro, per_rank // micro) for a in sys_.learners.actors])
 
 
-def main() -> dict[str, Any]:
+def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
+    """``argv``: the command line (default ``sys.argv``); ``pools``: a
+    :class:`~rl_vlm.distributed.interfaces.PoolProvider` (default: a fresh system)."""
     from rl_vlm.algorithms import build_algorithm
     from rl_vlm.compose import compose
     from rl_vlm.distributed.provider import FreshPools
@@ -75,7 +77,7 @@ def main() -> dict[str, Any]:
     p.add_argument("--size", default="tiny")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "scaling"))
     p.add_argument("--smoke", action="store_true", help="two points of one axis, 1 step each, no warm-up")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     axes = {"B": [2, 4]} if a.smoke else AXES
     if a.smoke:
         a.steps, a.warmup = 1, 0
@@ -93,7 +95,7 @@ def main() -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "parameters": n_params, "base": BASE, "points": [], "fits": {}}
     algorithm = build_algorithm(cfg.algorithm)
     t0 = time.perf_counter()
-    pools = FreshPools()
+    pools = pools or FreshPools()
     sys_ = build_system(cfg, pools)
     report["startup_s"] = time.perf_counter() - t0
     step = 0

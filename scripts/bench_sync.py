@@ -1,7 +1,7 @@
 """Weight-sync time and bandwidth: learner (2 ZeRO-3 ranks) -> every vLLM engine, by model size.
 
 For each size a random-weight Qwen2.5-VL is built, a LearnerGroup and a RolloutGroup are started
-exactly as ``rl-vlm train`` starts them (:mod:`rl_vlm.distributed.pools`, one Ray instance for all sizes),
+exactly as ``rl-vlm train`` starts them (:mod:`rl_vlm.distributed.pools`, a fresh system per size),
 and the production path is timed ``--repeats`` times:
 
     refs = learners.publish_weights()         # every ZeRO-3 rank: ray.put of its own partition, per bucket
@@ -60,31 +60,26 @@ def _engine_load_split(engine: Any, refs: list[list[Any]], version: int) -> tupl
     return t1 - t0, time.perf_counter() - t1
 
 
-def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, modes: list[str]) -> dict[str, Any]:
+def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, modes: list[str],
+                 provider: Any) -> dict[str, Any]:
     import ray
     import torch
-    from ray.util import remove_placement_group
 
     from rl_vlm.compose import compose
-    from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
-    from rl_vlm.distributed.runtime import pool_layout, start_ray
-    from rl_vlm.distributed.sync.collective import connect_weight_sync
-    from rl_vlm.validation import resolve_device, validate
+    from rl_vlm.validation import validate
 
     cfg = compose([f"model.path={model}", f"rollout.num_engines={a.engines}", "learner.num_ranks=2",
                    "data.rollout_batch_size=2", "rollout.n=2", "learner.mini_batch_size=2",
                    "learner.micro_batch_size=2", f"trainer.output_dir={out}"]
                   + (["cluster.weight_sync=collective"] if "collective" in modes else []))
     validate(cfg)
-    device = resolve_device(cfg.cluster.device)
-    layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
-    start_ray(cfg, layout)
     t0 = time.perf_counter()
-    rollout = RolloutGroup(cfg, layout, device)
-    learners = LearnerGroup(cfg, layout, device)
-    connect_weight_sync(rollout, learners, device)
+    # The pools exactly as `rl-vlm train` gets them (RolloutGroup / LearnerGroup, weight sync connected).
+    pools = provider.acquire(cfg, with_learners=True)
+    rollout, learners = pools.rollout, pools.learners
     ray.get([a_.pid.remote() for a_ in rollout.actors])  # engines up
     startup = time.perf_counter() - t0
+    failed = True
     try:
         from safetensors import safe_open
 
@@ -128,16 +123,18 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
                    "load": load()}
             res["ratio_to_memcpy"] = res["sync_gb_per_s"] / res["memcpy_gb_per_s"]
             results[mode] = res
+        failed = False
         return results
     finally:
-        for actor in rollout.actors + learners.actors:
-            ray.kill(actor, no_restart=True)
-        remove_placement_group(rollout.pg)
-        remove_placement_group(learners.pg)
-        time.sleep(1.0)
+        provider.release(failed=failed)
 
 
-def main() -> dict[str, Any]:
+def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
+    """``argv``: the command line (default ``sys.argv``); ``pools``: a
+    :class:`~rl_vlm.distributed.interfaces.PoolProvider` (default: a fresh system per size, shut
+    down after it; the smoke tests pass their shared one, which this leaves running)."""
+    from rl_vlm.distributed.provider import FreshPools
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,s5m,m60m,l120m,xl250m")
     p.add_argument("--engines", type=int, default=1)
@@ -146,36 +143,31 @@ def main() -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "sync"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 1 measured repeat")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.smoke:
         a.sizes, a.repeats = "tiny", 1
     out = Path(a.out)
     modes = a.modes.split(",")
     report: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in vars(a).items() if k != "out"},
                               "results": {}}
-    try:
-        for size in a.sizes.split(","):
-            model, n = build_model(out.parent / "models" / size, size)
-            print(f"[{time.strftime('%H:%M:%S')}] {size}: {n / 1e6:.1f} M parameters, load {load()}", flush=True)
-            try:
-                measured = measure_size(model, n, a, out, modes)
-            except Exception as e:  # e.g. Ray's OOM killer at 500 M on a small box: keep the other sizes
-                print(f"  {size} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-                report.setdefault("failed", {})[size] = f"{type(e).__name__}: {str(e)[:300]}"
-                write_json(out / "results.json", report)
-                continue
-            for mode, r in measured.items():
-                report["results"][f"{size}/{mode}"] = r
-                print(f"  {mode}: sync {r['sync_s']:.3f} s ({r['sync_gb_per_s']:.2f} GB/s: learners {r['gather_s']:.3f}, "
-                      f"load {r['load_s']:.3f} [fetch {r['engine_fetch_s']:.3f}, reload {r['engine_reload_s']:.3f}]); "
-                      f"memcpy {r['memcpy_s']:.3f} s ({r['memcpy_gb_per_s']:.2f} GB/s); "
-                      f"ratio {r['ratio_to_memcpy']:.3f}", flush=True)
+    provider = pools or FreshPools()
+    for size in a.sizes.split(","):
+        model, n = build_model(out.parent / "models" / size, size)
+        print(f"[{time.strftime('%H:%M:%S')}] {size}: {n / 1e6:.1f} M parameters, load {load()}", flush=True)
+        try:
+            measured = measure_size(model, n, a, out, modes, provider)
+        except Exception as e:  # e.g. Ray's OOM killer at 500 M on a small box: keep the other sizes
+            print(f"  {size} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            report.setdefault("failed", {})[size] = f"{type(e).__name__}: {str(e)[:300]}"
             write_json(out / "results.json", report)
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+            continue
+        for mode, r in measured.items():
+            report["results"][f"{size}/{mode}"] = r
+            print(f"  {mode}: sync {r['sync_s']:.3f} s ({r['sync_gb_per_s']:.2f} GB/s: learners {r['gather_s']:.3f}, "
+                  f"load {r['load_s']:.3f} [fetch {r['engine_fetch_s']:.3f}, reload {r['engine_reload_s']:.3f}]); "
+                  f"memcpy {r['memcpy_s']:.3f} s ({r['memcpy_gb_per_s']:.2f} GB/s); "
+                  f"ratio {r['ratio_to_memcpy']:.3f}", flush=True)
+        write_json(out / "results.json", report)
     report["machine"]["load_after"] = load()
     write_json(out / "results.json", report)
     return report

@@ -1,33 +1,65 @@
 """Each benchmark script runs at toy size (``--smoke``: the 0.66 M model, 1-2 steps) and writes
 its results, so the scripts in scripts/bench_*.py never rot. The numbers are not checked, only
 that every field the report reads is there and sane. The TRL peer skips where TRL is not
-installed (CI installs requirements/cpu.txt only; requirements/bench.txt adds TRL)."""
+installed (CI installs requirements/cpu.txt only; requirements/bench.txt adds TRL).
+
+The rl-vlm scripts run in this process through their ``main(argv, pools)`` on the suite's shared
+running system (one system start for the three, not one each; the scripts' own command line
+gives each run fresh pools, as ``rl-vlm train`` does). They share one output root, so one
+random-weight model and one engine set serve all three. TRL runs as its own process: it sets
+this process's torch threads."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from rl_vlm.distributed.provider import SharedPools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
+# The engines' torch threads of every smoke run, so that the three share one engine set.
+SMOKE_ROLLOUT_THREADS = "1"
 
 
-def _run(script: str, out: Path, processor_dir: Path, *args: str) -> dict:
-    env = {**os.environ, "RL_VLM_BENCH_PROCESSOR": str(processor_dir)}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--smoke", "--out", str(out), *args],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+@pytest.fixture(scope="module")
+def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+def _script(name: str) -> ModuleType:
+    import ray
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    # Its functions run inside actors (``__ray_call__``), whose processes cannot import scripts/:
+    # send them by value, as Ray does for a script run as ``__main__``.
+    ray.cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+def _run(script: str, out: Path, processor_dir: Path, pools: SharedPools, monkeypatch: pytest.MonkeyPatch,
+         *args: str) -> dict:
+    monkeypatch.setenv("RL_VLM_BENCH_PROCESSOR", str(processor_dir))
+    _script(script).main(["--smoke", "--out", str(out), *args], pools=pools)
     return json.loads((out / "results.json").read_text())
 
 
-def test_bench_e2e_rl_vlm(tiny_model_dir: Path, tmp_path: Path) -> None:
-    res = _run("bench_e2e.py", tmp_path / "e2e", tiny_model_dir, "--frameworks", "rl_vlm")
+def test_bench_e2e_rl_vlm(tiny_model_dir: Path, bench_root: Path, shared_pools: SharedPools,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    res = _run("bench_e2e", bench_root / "e2e", tiny_model_dir, shared_pools, monkeypatch, "--frameworks", "rl_vlm",
+               "--rollout-threads", SMOKE_ROLLOUT_THREADS)
     r = res["results"]["tiny"]["rl_vlm"]
     assert r["step_s"] > 0 and r["completions_per_s"] > 0 and r["tokens_per_s"] > 0
     assert {"time/rollout_s", "time/update_s", "time/sync_s"} <= set(r["phases"])
@@ -36,23 +68,37 @@ def test_bench_e2e_rl_vlm(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_bench_e2e_trl(tiny_model_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("trl", reason="TRL is not installed: the TRL peer needs requirements/bench.txt")
-    res = _run("bench_e2e.py", tmp_path / "e2e", tiny_model_dir, "--frameworks", "trl")
-    r = res["results"]["tiny"]["trl"]
+    env = {**os.environ, "RL_VLM_BENCH_PROCESSOR": str(tiny_model_dir)}
+    out = tmp_path / "e2e"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_e2e.py"), "--smoke", "--out", str(out),
+                           "--frameworks", "trl"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())["results"]["tiny"]["trl"]
     assert r["step_s"] > 0 and r["completions_per_s"] > 0 and r["response_length"] > 0
 
 
-def test_bench_sync(tiny_model_dir: Path, tmp_path: Path) -> None:
-    res = _run("bench_sync.py", tmp_path / "sync", tiny_model_dir, "--modes", "object_store")
+def test_bench_sync(tiny_model_dir: Path, bench_root: Path, shared_pools: SharedPools,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    res = _run("bench_sync", bench_root / "sync", tiny_model_dir, shared_pools, monkeypatch, "--modes", "object_store")
     r = res["results"]["tiny/object_store"]
     assert r["bytes"] == 4 * r["parameters"]
     assert r["sync_s"] > 0 and 0 < r["ratio_to_memcpy"] and r["engine_reload_s"] > 0
 
 
-def test_bench_scaling(tiny_model_dir: Path, tmp_path: Path) -> None:
-    res = _run("bench_scaling.py", tmp_path / "scaling", tiny_model_dir)
+def test_bench_scaling(tiny_model_dir: Path, bench_root: Path, shared_pools: SharedPools,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    res = _run("bench_scaling", bench_root / "scaling", tiny_model_dir, shared_pools, monkeypatch)
     assert [p["B"] for p in res["points"]] == [2, 4]
     assert all(p["step_s"] > 0 and p["response_length"] > 0 for p in res["points"])
     assert "step_s" in res["fits"]["B"]
+
+
+def test_scripts_command_line() -> None:
+    """The scripts' own entry points parse (what a user runs; the runs above go through main)."""
+    for script in ("bench_e2e.py", "bench_sync.py", "bench_scaling.py", "bench_all.py"):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage:"), script + proc.stderr[-2000:]
 
 
 def test_report(tmp_path: Path) -> None:

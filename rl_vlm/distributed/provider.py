@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from rl_vlm.distributed.interfaces import Pools
 from rl_vlm.distributed.runtime import PoolLayout, local_cpus, pool_layout, start_ray
 from rl_vlm.distributed.sync.plan import resolve_weight_sync
-from rl_vlm.validation import resolve_device
+from rl_vlm.validation import engine_max_model_len, resolve_device
 
 if TYPE_CHECKING:
     from rl_vlm.config import Config
@@ -100,10 +100,11 @@ class _EngineKey:
     device: str
     model_path: str
     dtype: str
-    enforce_eager: bool
+    enforce_eager: bool | None
     gpu_memory_utilization: float
     tensor_parallel_size: int
     torch_threads: int
+    max_model_len: int
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ class SharedPools:
         ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
         r = cfg.rollout
         engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
-                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads)
+                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads,
+                                engine_max_model_len(cfg))
         learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks)
         collective = resolve_weight_sync(cfg.cluster.weight_sync, device) == "collective"
         reuse = (self._reusable and not collective and ray_key == self._ray and engine_key == self._engine_key
@@ -167,6 +169,15 @@ class SharedPools:
     def release(self, failed: bool) -> None:
         if failed:
             self.close()
+
+    def actor_pids(self) -> dict[str, list[int]]:
+        """Process ids of the running engines and learner ranks, by pool (empty when nothing
+        runs): what a fault-injection test kills."""
+        import ray
+
+        pools = {"rollout": self._rollout, "learner": self._learners}
+        return {name: ray.get([a.pid.remote() for a in pool.actors]) if pool is not None else []
+                for name, pool in pools.items()}
 
     def close(self) -> None:
         """Stop every actor and the Ray instance (if this provider started any)."""

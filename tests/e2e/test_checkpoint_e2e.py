@@ -1,12 +1,17 @@
 """Never lose a run, on the real stack (Ray + vLLM + DeepSpeed ZeRO-3, tiny model):
 
 - a run killed with SIGKILL in the middle of a checkpoint save, then relaunched with the same
-  command, resumes from the previous complete checkpoint and ends bit-identical (per-step
+  config, resumes from the previous complete checkpoint and ends bit-identical (per-step
   metrics and final weights) to an uninterrupted run;
 - ``rl-vlm export`` of a checkpoint gives a HF directory equal to the learner's weights that
   transformers and vLLM load, with matching log-probs;
 - a rollout engine killed mid-run is restarted and re-synced; a learner rank killed mid-run
   makes the driver restart from the newest checkpoint; no step is lost or logged twice.
+
+Only the killed run is its own process (``rl-vlm train``: SIGKILL must take the driver too).
+The uninterrupted reference, the resumed run and the fault run go through ``train`` on the
+suite's shared running system: a re-pointed system gives the fresh run bit for bit
+(tests/e2e/test_train_e2e.py), and a system start per run would triple this file's time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import pytest
 import torch
 
 from rl_vlm.checkpoint.store import CheckpointStore, is_complete
+from rl_vlm.compose import compose
+from rl_vlm.distributed.provider import SharedPools
+from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -56,12 +64,6 @@ def _launch(overrides: list[str], env: dict[str, str] | None = None) -> subproce
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -76,15 +78,17 @@ def _stable(record: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference_run(warm_model_dir: Path, data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference_run(warm_model_dir: Path, data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+                  shared_pools: SharedPools) -> Path:
     """An uninterrupted 4-step run (checkpoints at steps 2 and 4, final HF weights)."""
     ref_dir = tmp_path_factory.mktemp("uninterrupted")
-    _finish(_launch(_overrides(warm_model_dir, data, ref_dir)))
+    train(compose(_overrides(warm_model_dir, data, ref_dir)), pools=shared_pools)
     return ref_dir
 
 
 def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data: tuple[Path, Path],
-                                                       reference_run: Path, tmp_path: Path) -> None:
+                                                       reference_run: Path, tmp_path: Path, shared_pools: SharedPools,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     ref_dir, run_dir = reference_run, tmp_path / "killed"
 
     # Each save sleeps inside the temporary directory; kill the whole driver process group
@@ -102,7 +106,8 @@ def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data
     assert store.latest() == str(ckpts / "step_2")
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()] == [0, 1, 2, 3, 4]
 
-    out = _finish(_launch(_overrides(warm_model_dir, data, run_dir)))
+    train(compose(_overrides(warm_model_dir, data, run_dir)), pools=shared_pools)
+    out = capsys.readouterr().out
     assert "resumed from" in out and "step_2 at step 2" in out, out[-3000:]
     assert not any(p.name.startswith(".tmp") for p in ckpts.iterdir()), "stale temp dir left behind"
     assert [Path(p).name for p in store.list()] == ["step_2", "step_4"]
@@ -157,31 +162,11 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
     assert (ours - theirs).abs().max().item() < 1e-3
 
 
-def _pids(pattern: str, tag: str) -> list[int]:
-    """Processes matching ``pattern`` that belong to THIS test's Ray instance: they inherit the
-    driver's environment, which carries ``tag`` (other runs on the machine are left alone)."""
-    res = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    mine = []
-    for pid in (int(p) for p in res.stdout.split()):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"RL_VLM_FAULT_TAG={tag}".encode() in f.read():
-                    mine.append(pid)
-        except OSError:
-            continue
-    return mine
-
-
 def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path, data: tuple[Path, Path],
-                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rl_vlm.compose import compose
-    from rl_vlm.driver.controller import train
-
+                                                           tmp_path: Path, shared_pools: SharedPools) -> None:
     run_dir = tmp_path / "faults"
     cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.val_every=0"])
     events: list[str] = []
-    tag = f"{os.getpid()}-{time.time_ns()}"
-    monkeypatch.setenv("RL_VLM_FAULT_TAG", tag)
 
     def metrics_steps() -> list[int]:
         path = run_dir / "metrics.jsonl"
@@ -191,18 +176,17 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
         deadline = time.time() + 900
         while 1 not in metrics_steps() and time.time() < deadline:
             time.sleep(0.2)
-        for pid in _pids("ray::RolloutEngine", tag)[:1]:
-            os.kill(pid, signal.SIGKILL)
-            events.append("rollout")
+        # The run's own actors (the shared system it was given), never another process.
+        os.kill(shared_pools.actor_pids()["rollout"][0], signal.SIGKILL)
+        events.append("rollout")
         while 3 not in metrics_steps() and time.time() < deadline:
             time.sleep(0.2)
-        for pid in _pids("ray::Learner", tag)[:1]:
-            os.kill(pid, signal.SIGKILL)
-            events.append("learner")
+        os.kill(shared_pools.actor_pids()["learner"][0], signal.SIGKILL)
+        events.append("learner")
 
     t = threading.Thread(target=inject, daemon=True)
     t.start()
-    train(cfg)
+    train(cfg, pools=shared_pools)
     t.join(timeout=5)
     assert events == ["rollout", "learner"]
     assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2, 3, 4], "every step exactly once"
