@@ -3,6 +3,8 @@
     rl-vlm setup-cpu-demo [--rebuild]      # shipped tiny model + easy-VQA files under artifacts/,
                                            # DeepSpeed's CPU ops built (idempotent)
     rl-vlm build-tiny-model [--out DIR] [--seed N] [--warm-start-steps N]   # numbers depend on your CPU type
+    rl-vlm build-tiny-model --shape real [--out DIR] [--seed N]   # Qwen2.5-VL's vocabulary and vision
+                                           # geometry around narrow towers (random init, CPU-independent)
     rl-vlm prebuild-ops                    # JIT-build DeepSpeed's CPU ops now, not at the first run
     rl-vlm prepare-data [--out DIR]
     rl-vlm train [hydra overrides...]      # e.g. rl-vlm train experiment=grpo_tiny_cpu learner.lr=1e-4
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from rl_vlm.distributed.provider import SharedPools
 
 DEFAULT_MODEL_DIR = "artifacts/tiny-qwen2.5-vl"
+DEFAULT_REAL_SHAPE_DIR = "artifacts/real-shape-qwen2.5-vl"
 DEFAULT_DATA_DIR = "artifacts/easy_vqa"
 DEFAULT_WARM_START_STEPS = -1  # -1: the builder's own default
 REBUILD_SEED = 1  # rl_vlm.models.tiny.REBUILD_SEED, without importing torch for --help
@@ -157,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("eval", help="score model.path on data.val_files with pass@k (Hydra overrides follow)")
     b = sub.add_parser("build-tiny-model", help="build the tiny random-weight Qwen2.5-VL (+ warm start) and its "
                        "SHA256SUMS; the warm-started numbers you get depend on your CPU type (setup-cpu-demo copies "
-                       "the shipped build instead)")
-    b.add_argument("--out", default=DEFAULT_MODEL_DIR)
-    b.add_argument("--seed", type=int, default=REBUILD_SEED)
-    b.add_argument("--warm-start-steps", type=int, default=DEFAULT_WARM_START_STEPS)
+                       "the shipped build instead); --shape real: the real-shape model (same bytes on every CPU)")
+    b.add_argument("--shape", choices=["tiny", "real"], default="tiny",
+                   help="tiny: the 0.66 M-parameter demo model; real: Qwen2.5-VL's vocabulary (151,936), special-token "
+                   "ids and vision geometry (patch 14, merge 2, 112-px windows, 256-1,280 visual tokens per image) "
+                   "around narrow towers, 41 M parameters, random init only (rl_vlm/models/real_shape.py)")
+    b.add_argument("--out", default=None, help=f"default: {DEFAULT_MODEL_DIR} (tiny), {DEFAULT_REAL_SHAPE_DIR} (real)")
+    b.add_argument("--seed", type=int, default=None, help=f"default: {REBUILD_SEED} (tiny), 0 (real: the pinned build)")
+    b.add_argument("--warm-start-steps", type=int, default=DEFAULT_WARM_START_STEPS, help="--shape tiny only")
     p = sub.add_parser("prepare-data", help="convert the easy-VQA package into JSONL rows")
     p.add_argument("--out", default=DEFAULT_DATA_DIR)
     s = sub.add_parser("setup-cpu-demo", help="prepare-data, copy the shipped tiny model into artifacts/ (sums "
@@ -186,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(export_checkpoint(args.checkpoint, args.out_dir, args.dtype))
         return 0
-    if args.cmd == "build-tiny-model":
-        _build_model(args.out, args.seed, args.warm_start_steps)
+    if args.cmd == "build-tiny-model" and args.shape == "real":
+        if args.warm_start_steps != DEFAULT_WARM_START_STEPS:
+            parser.error("--warm-start-steps applies to --shape tiny only (the real-shape model is random-init)")
+        _build_real_shape(args.out or DEFAULT_REAL_SHAPE_DIR, 0 if args.seed is None else args.seed)
+    elif args.cmd == "build-tiny-model":
+        _build_model(args.out or DEFAULT_MODEL_DIR, REBUILD_SEED if args.seed is None else args.seed,
+                     args.warm_start_steps)
     elif args.cmd == "prepare-data":
         _prepare_data(args.out)
     elif args.cmd == "prebuild-ops":
@@ -262,6 +274,13 @@ def _build_model(out: str, seed: int, steps: int) -> None:
     kwargs = {} if steps < 0 else {"warm_start_steps": steps}
     path = build_and_warm_start(out, seed=seed, **kwargs)
     print(f"tiny model written to {path}")
+
+
+def _build_real_shape(out: str, seed: int) -> None:
+    from rl_vlm.models.real_shape import build_real_shape_model
+
+    path = build_real_shape_model(out, seed=seed)
+    print(f"real-shape model written to {path}")
 
 
 def _prepare_data(out: str) -> None:

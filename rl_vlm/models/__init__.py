@@ -1,2 +1,3 @@
-"""Model builders: the tiny Qwen2.5-VL used on CPU, its CPU-independent random init, its supervised
-warm start and the shipped warm-started build (assets/)."""
+"""Model builders: the tiny Qwen2.5-VL used on CPU, the real-shape one (Qwen2.5-VL's vocabulary and
+vision geometry around narrow towers), their CPU-independent random init, the tiny model's
+supervised warm start and the shipped warm-started build (assets/)."""

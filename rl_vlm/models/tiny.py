@@ -37,7 +37,7 @@ CHAT_TEMPLATE = (
 CORPUS_TEMPLATES = ("think_answer", "plain")
 
 
-def _corpus() -> list[str]:
+def tokenizer_corpus() -> list[str]:
     import easy_vqa
 
     from rl_vlm.data.prompt import TEMPLATES, sft_target
@@ -61,7 +61,7 @@ def build_tokenizer(vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(tokenizer_corpus(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=CHAT_TEMPLATE)
     fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
