@@ -32,10 +32,12 @@ class ModelConfig:
     """Learner parameter (and reference model) dtype. ``bfloat16`` on GPUs (DeepSpeed ``bf16``
     mixed precision with fp32 master weights); ``float32`` on CPU, where bf16 is refused: the CPU
     path and its engine/learner log-prob agreement are measured in fp32."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "sdpa"
     """transformers attention kernel for the learner. ``flash_attention_2`` needs a GPU, the
-    ``flash-attn`` package (``pip install -e .[gpu]``) and ``dtype=bfloat16`` (FA2 has no fp32
-    kernels)."""
+    optional ``flash-attn`` package and ``dtype=bfloat16`` (FA2 has no fp32 kernels). ``auto``
+    (the 3B/7B configs): ``flash_attention_2`` on GPU in bf16 when ``flash_attn`` imports, else
+    ``sdpa`` (:func:`rl_vlm.validation.resolve_attn_implementation`); flash-attn ships only as
+    an sdist that compiles for hours, so it is not part of the GPU install."""
     min_pixels: int = 3136
     """Images are resized so that H*W >= min_pixels (Qwen2.5-VL smart resize, factor 28)."""
     max_pixels: int = 12845056
@@ -93,9 +95,13 @@ class RolloutConfig:
     """vLLM engines (one Ray actor each); the prompts of a step are split across them."""
     tensor_parallel_size: int = 1
     """GPUs per engine (GPU only)."""
-    gpu_memory_utilization: float = 0.6
-    """Fraction of each GPU vLLM may take (weights + KV cache); with ``cluster.colocate`` the
-    learner shares the GPU, so keep it well below 1."""
+    gpu_memory_utilization: float = 0.85
+    """Fraction of each GPU vLLM may take (weights, activations, CUDA graphs, KV cache). The rest
+    holds what a weight sync adds outside vLLM's pool: the NCCL weight-sync group, one received
+    bucket (``cluster.weight_sync_bucket_mb``, or the largest parameter: 1.1 GB for 7B's
+    embedding) and the layer being reloaded, since the collective receive streams one bucket at
+    a time into the reload. With ``cluster.colocate`` the learner shares the GPU, so keep it well
+    below that."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """vLLM weight/activation dtype. ``auto`` = ``bfloat16`` on GPU, ``float32`` on CPU (to match the
     fp32 CPU learner); must be ``float32`` on CPU."""
@@ -106,8 +112,11 @@ class RolloutConfig:
     the other, so an engine may take the cores the learners use during the update (on the 2-core
     box 2 threads take a 60 M model's rollout from 7.1 to 4.7 s, docs/benchmarks.md); 1 leaves
     room for other processes on a shared machine."""
-    enforce_eager: bool = True
-    """Skip CUDA-graph capture; on CPU there is nothing to capture."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph capture (and vLLM's torch.compile). None = per device
+    (:func:`rl_vlm.validation.resolve_enforce_eager`): eager on CPU, where there is nothing to
+    capture; CUDA graphs on GPU, the faster decode (the in-place weight reload copies into the
+    captured tensors, so the graphs stay valid); an explicit value wins."""
     val_n: int = 1
     """Samples per validation prompt; ``val_n > 1`` also reports pass@k for k = 1..val_n."""
     val_temperature: float = 0.0
@@ -128,6 +137,11 @@ class LearnerConfig:
     """Prompts per optimizer step (``global_batch_size`` in EasyR1); must divide the rollout batch."""
     micro_batch_size: int = 8
     """Sequences per forward/backward on one rank; gradients are accumulated over micro-batches."""
+    logprob_chunk_size: int = 256
+    """Response positions per chunk when the learner turns hidden states into log-probs and
+    entropies: the LM head and the fp32 ``[chunk, vocab]`` softmax run on this many positions at
+    a time (recomputed in the backward), so the learner's memory grows with T·hidden rather than
+    T·vocab. Larger chunks: fewer, larger matmuls, more memory."""
     zero_stage: int = 3
     offload_optimizer: bool = False
     """ZeRO-3 optimizer state on CPU (GPU runs)."""

@@ -1,13 +1,25 @@
-"""Checks on the typed config (:mod:`rl_vlm.config`) before any actor starts, and the two
-device-dependent choices resolved from it. :func:`validate` raises :class:`ConfigError` naming
-the first offending key; it never changes a value (defaults live only in the dataclasses).
+"""Checks on the typed config (:mod:`rl_vlm.config`) before any actor starts, and the
+device-dependent choices resolved from it (device, rollout dtype, eager mode, attention kernel,
+engine length). :func:`validate` raises :class:`ConfigError` naming the first offending key; it
+never changes a value (defaults live only in the dataclasses).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from typing import Literal
+from urllib.parse import urlparse
 
-from rl_vlm.config import Config, ConfigError
+from rl_vlm.config import Config, ConfigError, ModelConfig
+
+AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+"""``model.attn_implementation``'s choices."""
+
+PIXELS_PER_VISUAL_TOKEN = 28 * 28
+"""Qwen2.5-VL: 14-px patches merged 2x2, so one visual token per 28x28 pixels (an image resized
+to at least ``model.min_pixels`` gives at least ``min_pixels / 784`` tokens)."""
 
 
 def _require(cond: bool, key: str, msg: str) -> None:
@@ -21,6 +33,8 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(d.rollout_batch_size > 0, "data.rollout_batch_size", "must be positive")
     _require(r.n >= 2, "rollout.n", f"GRPO needs at least 2 samples per prompt, got {r.n}")
     _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
+    _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
+             f"must be in (0, 1], got {r.gpu_memory_utilization}")
     _require(c.weight_sync_bucket_mb > 0, "cluster.weight_sync_bucket_mb", "must be positive")
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 for sampling rollouts")
@@ -67,6 +81,12 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         if s.reward is not None:
             check_reward_config(s.reward, f"curriculum.stages[{i}].reward", resolve_user_code=check_paths)
     _require(cfg.model.min_pixels <= cfg.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
+    # Every row has an image, and an image has at least min_pixels / 784 tokens: a shorter limit
+    # rejects every row ("every row ... is bad") after the system has started.
+    min_image_tokens = cfg.model.min_pixels // PIXELS_PER_VISUAL_TOKEN
+    _require(d.max_prompt_length > min_image_tokens, "data.max_prompt_length",
+             f"{d.max_prompt_length} tokens cannot hold one image at model.min_pixels={cfg.model.min_pixels} "
+             f"({min_image_tokens} visual tokens) plus the question; every row would be skipped")
     _require(t.total_steps >= 0, "trainer.total_steps", "must be >= 0")
     _require(t.val_every >= 0, "trainer.val_every", "must be >= 0")
     _require(t.save_every >= 0, "trainer.save_every", "must be >= 0")
@@ -109,10 +129,43 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     if check_paths:
         _require(os.path.isdir(cfg.model.path) or _looks_like_hub_id(cfg.model.path), "model.path",
                  f"{cfg.model.path!r} is not a directory (build the tiny model with `rl-vlm build-tiny-model`)")
+        _validate_machine(cfg, device)
         for i, f in enumerate(d.train_files + d.val_files):
             key = "data.train_files" if i < len(d.train_files) else "data.val_files"
             _require(os.path.exists(f), key, f"{f!r} does not exist (create easy-VQA files with `rl-vlm prepare-data`)")
     return cfg
+
+
+def _validate_machine(cfg: Config, device: str) -> None:
+    """What depends on this machine (run with ``check_paths``; a config may be written for
+    another one): the model's own length limit, the GPUs of a private Ray instance, wandb
+    credentials."""
+    limit = model_max_length(cfg.model.path)
+    need = engine_max_model_len(cfg)
+    _require(limit is None or need <= limit, "data.max_prompt_length",
+             f"data.max_prompt_length + rollout.max_new_tokens = {cfg.data.max_prompt_length} + "
+             f"{cfg.rollout.max_new_tokens} = {need} exceeds the model's max_position_embeddings={limit} "
+             f"({cfg.model.path}/config.json)")
+    c, r, lc = cfg.cluster, cfg.rollout, cfg.learner
+    # Only a private instance is bound to this machine's GPUs; a joined cluster's are counted
+    # once Ray is up (rl_vlm.distributed.runtime.check_cluster_gpus).
+    if device == "gpu" and c.address == "local":
+        have = visible_gpus()
+        want = r.num_engines * r.tensor_parallel_size + lc.num_ranks
+        _require(have > 0, "cluster.device",
+                 "gpu, but torch sees no CUDA device on this machine (check nvidia-smi, CUDA_VISIBLE_DEVICES and "
+                 "that torch is a CUDA build: python -c 'import torch; print(torch.version.cuda)'); "
+                 "use cluster.device=cpu or auto")
+        _require(want <= have, "cluster.device",
+                 f"gpu with a private Ray instance (cluster.address=local), but the pools need {want} GPUs "
+                 f"(rollout.num_engines={r.num_engines} x rollout.tensor_parallel_size={r.tensor_parallel_size} "
+                 f"+ learner.num_ranks={lc.num_ranks}) and this machine has {have}; split pools need "
+                 "at least 2 GPUs (docs/cluster.md)")
+    if cfg.trainer.wandb_mode == "online":
+        _require(wandb_credentials(), "trainer.wandb_mode",
+                 f"online, but no wandb credentials were found (no WANDB_API_KEY and no {_wandb_host()} entry in "
+                 "~/.netrc): set WANDB_API_KEY or run `wandb login`, or use trainer.wandb_mode=offline "
+                 "(`wandb sync <output_dir>/wandb` uploads it later)")
 
 
 def _validate_sampling(cfg: Config, check_paths: bool) -> None:
@@ -175,6 +228,82 @@ def resolve_rollout_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if device == "gpu" else "float32"
+
+
+def resolve_enforce_eager(enforce_eager: bool | None, device: str) -> bool:
+    """``rollout.enforce_eager``: None -> eager on CPU (nothing to capture), CUDA graphs on GPU."""
+    return device != "gpu" if enforce_eager is None else enforce_eager
+
+
+def resolve_attn_implementation(attn: AttnImplementation, device: str, dtype: str) -> AttnImplementation:
+    """``model.attn_implementation`` for transformers: ``auto`` -> ``flash_attention_2`` on GPU in
+    bf16 when the optional ``flash_attn`` package imports, else ``sdpa``; others are kept."""
+    if attn != "auto":
+        return attn
+    import importlib.util
+
+    if device == "gpu" and dtype == "bfloat16" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_model(model: ModelConfig, device: str) -> ModelConfig:
+    """``model`` as the learner ranks get it: ``attn_implementation`` resolved
+    (:func:`resolve_attn_implementation`) on the driver, whose environment every node shares
+    (one image or lock file everywhere, docs/cluster.md)."""
+    attn = resolve_attn_implementation(model.attn_implementation, device, model.dtype)
+    return model if attn == model.attn_implementation else dataclasses.replace(model, attn_implementation=attn)
+
+
+def engine_max_model_len(cfg: Config) -> int:
+    """vLLM's ``max_model_len``: the longest prompt the data layer lets through plus the longest
+    response. Longer prompts are skipped by the data layer, so none reaches the engine."""
+    return cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+
+
+def model_max_length(path: str) -> int | None:
+    """The checkpoint's own position limit (``max_position_embeddings``, top-level or in
+    ``text_config``, as vLLM derives its default ``max_model_len``), from ``path/config.json``;
+    None when ``path`` is not a local directory (a hub id) or a RoPE scaling factor stretches the
+    limit (vLLM's own rules then apply): vLLM checks those at start."""
+    f = os.path.join(path, "config.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f) as fh:
+        hf = json.load(fh)
+    for node in (hf, hf.get("text_config") or {}):
+        if isinstance(node.get("max_position_embeddings"), int):
+            if "factor" in (node.get("rope_scaling") or {}):
+                return None
+            return int(node["max_position_embeddings"])
+    return None
+
+
+def visible_gpus() -> int:
+    """CUDA devices torch sees on this machine (0 without a CUDA build or a driver)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _wandb_host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+
+
+def wandb_credentials() -> bool:
+    """wandb can log in without a prompt: ``WANDB_API_KEY``, or a netrc entry (``$NETRC`` or
+    ``~/.netrc``, what ``wandb login`` writes) for the API host (``WANDB_BASE_URL``, default
+    api.wandb.ai)."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(_wandb_host())
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return entry is not None and bool(entry[2])
 
 
 def resolve_device(device: str) -> str:

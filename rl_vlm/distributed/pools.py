@@ -37,6 +37,7 @@ from rl_vlm.distributed.sharding import (
     shard_step,
 )
 from rl_vlm.distributed.sync.collective import CollectiveSync
+from rl_vlm.validation import engine_max_model_len, resolve_model
 
 __all__ = ["LearnerGroup", "RolloutGroup", "WorkerFailure"]
 
@@ -75,15 +76,18 @@ class RolloutGroup(_Pool):
     :class:`WorkerFailure` instead.
     """
 
-    def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
+    def __init__(self, cfg: Config, layout: PoolLayout, device: str, max_model_len: int | None = None) -> None:
+        """``max_model_len``: the engines' length limit (default: the run's own,
+        :func:`~rl_vlm.validation.engine_max_model_len`; a shared system starts longer ones)."""
         from rl_vlm.distributed.workers.rollout import RolloutEngine
 
+        self.max_model_len = max_model_len or engine_max_model_len(cfg)
         self.cfg = cfg.rollout
         self.weight_version = 0
         self._refs: WeightRefs = []
         self._collective = False
         self._restart_policy = Restart(reinit=self._catch_up)
-        args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device)
+        args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device, self.max_model_len)
                 for i in range(len(layout.rollout_bundles))]
         self.group = ActorGroup(RolloutEngine, layout.rollout_bundles, args, name="rl_vlm_rollout",
                                 what="rollout engine", policy=self._restart_policy)
@@ -162,10 +166,10 @@ class LearnerGroup(_Pool):
     def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
         from rl_vlm.distributed.workers.learner import Learner
 
-        self.cfg = cfg
+        self.cfg, self.device = cfg, device
         n = cfg.learner.num_ranks
         self.world_size = n
-        args = [(r, n, cfg.model, cfg.learner, cfg.algorithm, device, cfg.trainer.seed)
+        args = [(r, n, resolve_model(cfg.model, device), cfg.learner, cfg.algorithm, device, cfg.trainer.seed)
                 for r in range(len(layout.learner_bundles))]
         self.group = ActorGroup(Learner, layout.learner_bundles, args, name="rl_vlm_learner",
                                 what="learner rank", policy=Fail())
@@ -183,7 +187,8 @@ class LearnerGroup(_Pool):
         if cfg.learner.num_ranks != self.world_size:
             raise ValueError(f"learner.num_ranks={cfg.learner.num_ranks}, but this pool has {self.world_size} ranks")
         self.cfg = cfg
-        self.num_params = self.group.call("reinit", cfg.model, cfg.learner, cfg.algorithm, cfg.trainer.seed,
+        self.num_params = self.group.call("reinit", resolve_model(cfg.model, self.device), cfg.learner,
+                                          cfg.algorithm, cfg.trainer.seed,
                                           _accumulation_steps(cfg))[0]
         self.sharding = shard_step([], self.world_size, 1, 1)
 

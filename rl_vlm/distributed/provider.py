@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from rl_vlm.distributed.interfaces import Pools
 from rl_vlm.distributed.runtime import PoolLayout, local_cpus, pool_layout, start_ray
 from rl_vlm.distributed.sync.plan import resolve_weight_sync
-from rl_vlm.validation import engine_max_model_len, resolve_device
+from rl_vlm.validation import engine_max_model_len, model_max_length, resolve_device
 
 if TYPE_CHECKING:
     from rl_vlm.config import Config
@@ -32,14 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("rl_vlm.distributed")
 
 
-def _start(cfg: Config, with_learners: bool) -> tuple[RolloutGroup, LearnerGroup | None]:
+def _start(cfg: Config, with_learners: bool,
+           max_model_len: int | None = None) -> tuple[RolloutGroup, LearnerGroup | None]:
     from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
     from rl_vlm.distributed.sync.collective import connect_weight_sync
 
     device = resolve_device(cfg.cluster.device)
     layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
     start_ray(cfg, layout)
-    rollout = RolloutGroup(cfg, layout, device)
+    rollout = RolloutGroup(cfg, layout, device, max_model_len)
     learners = LearnerGroup(cfg, layout, device) if with_learners else None
     if learners is not None:
         connect_weight_sync(rollout, learners, device)
@@ -60,6 +61,19 @@ def _shutdown_ray() -> None:
 
 
 _LIVE: weakref.WeakSet[SharedPools] = weakref.WeakSet()
+
+SHARED_ENGINE_LEN = 2048
+"""The least ``max_model_len`` of a shared system's engines (capped at the model's own limit)."""
+
+
+def shared_engine_len(cfg: Config) -> int:
+    """``max_model_len`` of the engines a :class:`SharedPools` starts for ``cfg``: the run's own
+    length, or :data:`SHARED_ENGINE_LEN` if longer (within the model's limit), so that the runs
+    that follow with other prompt or answer lengths are served by the same engines. A request's
+    tokens do not depend on the engine's limit (tests/e2e/test_checkpoint_e2e.py compares a run
+    on a shared system with one on its own)."""
+    limit = model_max_length(cfg.model.path) or SHARED_ENGINE_LEN
+    return max(engine_max_model_len(cfg), min(SHARED_ENGINE_LEN, limit))
 
 
 def close_shared_pools() -> None:
@@ -104,7 +118,6 @@ class _EngineKey:
     gpu_memory_utilization: float
     tensor_parallel_size: int
     torch_threads: int
-    max_model_len: int
 
 
 @dataclass(frozen=True)
@@ -143,17 +156,18 @@ class SharedPools:
         ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
         r = cfg.rollout
         engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
-                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads,
-                                engine_max_model_len(cfg))
+                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads)
+        needed = engine_max_model_len(cfg)
         learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks)
         collective = resolve_weight_sync(cfg.cluster.weight_sync, device) == "collective"
         reuse = (self._reusable and not collective and ray_key == self._ray and engine_key == self._engine_key
-                 and learner_key == self._learner_key and _ray_running())
+                 and learner_key == self._learner_key and self._rollout is not None
+                 and self._rollout.max_model_len >= needed and _ray_running())
         if not reuse:
             self.close()
             # Always with learners: re-pointed engines get each run's start weights from them,
             # evaluation-only runs included (model.path's weights, published by the learners).
-            self._rollout, self._learners = _start(cfg, with_learners=True)
+            self._rollout, self._learners = _start(cfg, with_learners=True, max_model_len=shared_engine_len(cfg))
             self._ray, self._engine_key, self._learner_key = ray_key, engine_key, learner_key
             self._reusable = not collective
         else:

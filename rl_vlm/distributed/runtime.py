@@ -26,6 +26,22 @@ ACTOR_ENV = {
 }
 
 
+FORWARDED_ENV_PREFIXES = ("NCCL_", "GLOO_SOCKET_IFNAME", "DS_SKIP_CUDA_CHECK", "CUDA_HOME", "TORCH_EXTENSIONS_DIR")
+"""Variables of the driver's environment passed on to every actor (docs/cluster.md): the NCCL
+and gloo network interfaces and NCCL's other knobs, DeepSpeed's nvcc version check and where it
+finds nvcc and caches its JIT-built ops. A joined cluster's actors otherwise see only the env of
+``ray start`` on their node."""
+
+
+def actor_env(cfg: Config, environ: dict[str, str]) -> dict[str, str]:
+    """The ``runtime_env`` env vars of every actor: :data:`ACTOR_ENV`, the CPU KV-cache size, and
+    the driver's :data:`FORWARDED_ENV_PREFIXES` variables."""
+    env = dict(ACTOR_ENV)
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.rollout.kv_cache_gib)))
+    env.update({k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)})
+    return env
+
+
 LOCAL_START_ATTEMPTS = 3
 """Tries to start the private local Ray instance before giving up."""
 
@@ -77,9 +93,9 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
 
     if ray.is_initialized():
         return
-    env = dict(ACTOR_ENV)
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.rollout.kv_cache_gib)))
-    runtime_env = {"env_vars": env}
+    import os
+
+    runtime_env = {"env_vars": actor_env(cfg, dict(os.environ))}
     if cfg.cluster.address == "local":
         cpus = local_cpus(cfg, layout)
         for attempt in range(LOCAL_START_ATTEMPTS):
@@ -94,6 +110,18 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
                 ray.shutdown()
     else:
         ray.init(address=cfg.cluster.address, runtime_env=runtime_env, log_to_driver=cfg.cluster.log_to_driver)
+    check_cluster_gpus(layout, ray.cluster_resources())
+
+
+def check_cluster_gpus(layout: PoolLayout, resources: dict[str, float]) -> None:
+    """Refuse GPU pools that the Ray cluster cannot hold, as one ConfigError, before a placement
+    group waits 120 s for GPUs that never come (``resources``: ``ray.cluster_resources()``)."""
+    need = sum(b.get("GPU", 0) for b in layout.rollout_bundles + layout.learner_bundles)
+    have = resources.get("GPU", 0)
+    if need > have:
+        raise ConfigError(f"cluster.device: the pools need {need:g} GPUs but the Ray cluster has {have:g} "
+                          f"(resources: {dict(sorted(resources.items()))}); check that every node joined with its "
+                          "GPUs (launch/ray_start.sh wait N), or use smaller pools / cluster.device=cpu")
 
 
 def create_placement_group(bundles: list[dict[str, float]], name: str) -> Any:

@@ -162,7 +162,7 @@ def test_gpu_model_configs_validate_on_an_8_gpu_node(model: str) -> None:
     cfg = validate(compose([f"model={model}", "cluster=gpu_node", "rollout.num_engines=4", "learner.num_ranks=4",
                             "learner.micro_batch_size=4"]), check_paths=False)
     m = cfg.model
-    assert (m.dtype, m.attn_implementation, m.gradient_checkpointing) == ("bfloat16", "flash_attention_2", True)
+    assert (m.dtype, m.attn_implementation, m.gradient_checkpointing) == ("bfloat16", "auto", True)
     assert cfg.rollout.dtype == "auto" and resolve_rollout_dtype(cfg.rollout.dtype, "gpu") == "bfloat16"
 
 

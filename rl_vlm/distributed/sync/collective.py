@@ -18,10 +18,18 @@ class CollectiveSync:
     futures: list[ObjectRef]
 
 
+def engine_ranks(num_engines: int, tp: int) -> list[list[int]]:
+    """Group ranks of every engine's vLLM workers: engine i's worker j is ``1 + i * tp + j``."""
+    return [[1 + i * tp + j for j in range(tp)] for i in range(num_engines)]
+
+
 def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: str) -> str:
     """Build the weight-sync group if ``cluster.weight_sync`` resolves to ``collective``: learner
     rank 0 is group rank 0 (it hosts the rendezvous store), engine i's vLLM worker j is rank
-    ``1 + i * tensor_parallel_size + j``. Returns the resolved mode."""
+    ``1 + i * tensor_parallel_size + j`` (every TP worker receives the full tensors; vLLM's
+    loaders shard them). Joining ends with a one-element broadcast
+    (:class:`~rl_vlm.distributed.sync.group.WeightGroup`), so a wrong address or rank fails here
+    rather than at the first sync. Returns the resolved mode."""
     import ray
 
     from rl_vlm.distributed.sync.plan import resolve_weight_sync, sync_backend
@@ -40,6 +48,10 @@ def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: s
     engines = [a.join_weight_group.remote(host, port, 1 + i * tp, world, backend, plan)
                for i, a in enumerate(rollout.actors)]
     learners.group.wait(joins)
-    ray.get(engines)
+    joined = ray.get(engines)
+    expected = engine_ranks(len(rollout.actors), tp)
+    if [sorted(r) for r in joined] != expected:
+        raise RuntimeError(f"weight-sync group: the engines' workers joined as ranks {joined}, expected {expected} "
+                           f"(rollout.tensor_parallel_size={tp}: every TP worker must join)")
     rollout.collective = learners.collective = True
     return mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,6 +34,22 @@ class WeightUpdateExtension:
         return rank
 
     def rl_vlm_receive(self: Any) -> int:
-        """Receive every bucket from learner rank 0, then reload them all in one call."""
-        buckets = self.rl_vlm_group.receive_buckets(self.rl_vlm_plan)
-        return self.rl_vlm_reload(buckets)
+        """Receive the buckets learner rank 0 broadcasts, streamed into one reload call: bucket
+        i+1 is received only when the reload has taken bucket i's tensors, so a sync holds one
+        bucket (plus the layer vLLM's layer-wise reload is assembling) instead of a second copy
+        of the weights. Returns the number of tensors loaded."""
+        group, plan = self.rl_vlm_group, self.rl_vlm_plan
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for bucket in plan:
+                yield from group.receive_bucket(bucket)
+
+        weights = stream()
+        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        # Every member must take part in every broadcast: receive what the reload did not ask
+        # for (vLLM's load_weights reads to the end; this is a guard), or rank 0 would wait on
+        # this worker at the next sync.
+        unread = sum(1 for _ in weights)
+        if unread:
+            raise RuntimeError(f"the weight reload left {unread} received tensors unread")
+        return sum(len(b) for b in plan)

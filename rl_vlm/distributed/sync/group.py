@@ -48,6 +48,18 @@ class WeightGroup:
             self.device = torch.device("cuda", torch.cuda.current_device())
         else:
             raise ValueError(f"unknown backend {backend!r}")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One-element broadcast when the group is made. NCCL connects lazily, at the first
+        collective: without this a wrong rank, port or device shows as a hang (``timeout_s``) at
+        the first weight sync, after a whole step, instead of failing at start-up. Rank 0 sends
+        the world size, which every member checks against its own."""
+        probe = torch.full((1,), self.world_size if self.rank == 0 else -1, dtype=torch.int64, device=self.device)
+        self.broadcast(probe)
+        if int(probe.item()) != self.world_size:
+            raise RuntimeError(f"weight-sync group: rank {self.rank} expects {self.world_size} members, "
+                               f"rank 0 has {int(probe.item())}")
 
     def broadcast(self, buf: torch.Tensor) -> None:
         """In place: rank 0's ``buf`` lands in every member's ``buf`` (same size and dtype)."""
@@ -65,11 +77,13 @@ class WeightGroup:
         for bucket, ts in zip(plan, tensors, strict=True):
             self.broadcast(pack_bucket(bucket, ts, self.device))
 
+    def receive_bucket(self, bucket: list[TensorSpec]) -> list[tuple[str, torch.Tensor]]:
+        """Ranks > 0: the next bucket, as views into a freshly allocated buffer (freed once the
+        views are dropped)."""
+        buf = torch.empty(bucket_offsets(bucket)[1], dtype=torch.uint8, device=self.device)
+        self.broadcast(buf)
+        return unpack_bucket(bucket, buf)
+
     def receive_buckets(self, plan: list[list[TensorSpec]]) -> list[list[tuple[str, torch.Tensor]]]:
-        """Ranks > 0: every bucket of ``plan``, received into freshly allocated buffers."""
-        out = []
-        for bucket in plan:
-            buf = torch.empty(bucket_offsets(bucket)[1], dtype=torch.uint8, device=self.device)
-            self.broadcast(buf)
-            out.append(unpack_bucket(bucket, buf))
-        return out
+        """Ranks > 0: every bucket of ``plan`` at once (all buffers alive together)."""
+        return [self.receive_bucket(bucket) for bucket in plan]

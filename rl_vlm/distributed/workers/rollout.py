@@ -1,8 +1,9 @@
 """One rollout engine: a vLLM ``LLM`` that samples responses and reloads weights in place.
 
 A plain class (tests drive it without Ray); :mod:`rl_vlm.distributed.pools` makes it a Ray
-actor. The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the actor owns it
-directly.
+actor. The engine core runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the actor owns
+it directly; with ``rollout.tensor_parallel_size > 1`` its TP workers are processes of the actor
+(:func:`engine_args`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch
 
 from rl_vlm import seeds
 from rl_vlm.batch import Prompt
-from rl_vlm.config import RolloutConfig
+from rl_vlm.config import DataConfig, RolloutConfig
 from rl_vlm.distributed.workers.identity import ActorIdentity
-from rl_vlm.validation import resolve_rollout_dtype
+from rl_vlm.validation import resolve_enforce_eager, resolve_rollout_dtype
 
 if TYPE_CHECKING:
     from vllm.inputs import TextPrompt
@@ -39,9 +40,52 @@ class SampleOut:
     """Stopped by ``max_new_tokens`` rather than EOS."""
 
 
+MAX_IMAGES_PER_PROMPT = 4
+"""vLLM's ``limit_mm_per_prompt`` for images (it sizes the encoder budget by it)."""
+
+MIN_BATCHED_TOKENS = 16384
+"""Floor of ``max_num_batched_tokens``: without chunked prefill one scheduler step must hold a
+whole prompt, and several short ones should share a step."""
+
+
+def engine_args(model_path: str, cfg: RolloutConfig, seed: int, device: str, max_model_len: int) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.LLM`` for one engine (pure: unit-tested without vLLM).
+
+    - ``max_model_len``: ``data.max_prompt_length + rollout.max_new_tokens``
+      (:func:`rl_vlm.validation.engine_max_model_len`), so no prompt the data layer lets through
+      is refused by the engine and no response is capped below ``max_new_tokens``.
+    - ``tensor_parallel_size > 1``: ``distributed_executor_backend="mp"``. Inside a
+      placement-group actor vLLM would otherwise pick its Ray executor (vllm/config/parallel.py),
+      which refuses a bundle of more than one GPU (vllm/v1/executor/ray_utils.py) and would wait
+      for GPUs the actor already holds; with ``mp`` the engine's TP workers are processes of
+      this actor on the tp GPUs Ray gave it (vLLM forces ``spawn`` inside Ray actors). Every
+      worker loads the extension below and receives full tensors; vLLM's loaders shard them.
+    - ``enforce_eager``: per device unless set (:func:`rl_vlm.validation.resolve_enforce_eager`).
+    """
+    # rollout.dtype=auto: bf16 on GPU; fp32 on CPU like the CPU learner, so engine and learner
+    # log-probs agree closely.
+    args: dict[str, Any] = {
+        "model": model_path, "seed": seed, "dtype": resolve_rollout_dtype(cfg.dtype, device),
+        "enforce_eager": resolve_enforce_eager(cfg.enforce_eager, device), "max_model_len": max_model_len,
+        # No chunked prefill: vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset")
+        # when a request with its own seed is split across scheduler steps.
+        "enable_chunked_prefill": False, "max_num_batched_tokens": max(MIN_BATCHED_TOKENS, max_model_len),
+        "limit_mm_per_prompt": {"image": MAX_IMAGES_PER_PROMPT},
+        "worker_extension_cls": "rl_vlm.distributed.sync.engine_hook.WeightUpdateExtension",
+    }
+    if device == "gpu":
+        args.update(gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size)
+        if cfg.tensor_parallel_size > 1:
+            args["distributed_executor_backend"] = "mp"
+    return args
+
+
 class RolloutEngine(ActorIdentity):
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, device: str,
-                 max_model_len: int = 2048) -> None:
+                 max_model_len: int | None = None) -> None:
+        """``max_model_len``: :func:`rl_vlm.validation.engine_max_model_len` of the run (the pool
+        passes it); None = the dataclass defaults' prompt length + ``cfg.max_new_tokens`` (an
+        engine built alone, as in tests)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
@@ -49,20 +93,11 @@ class RolloutEngine(ActorIdentity):
             torch.set_num_threads(cfg.torch_threads)
         from vllm import LLM
 
-        # rollout.dtype=auto: bf16 on GPU; fp32 on CPU like the CPU learner, so engine and learner
-        # log-probs agree closely.
-        kwargs: dict[str, Any] = {"dtype": resolve_rollout_dtype(cfg.dtype, device)}
-        if device == "gpu":
-            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization,
-                          tensor_parallel_size=cfg.tensor_parallel_size)
+        if max_model_len is None:
+            max_model_len = DataConfig().max_prompt_length + cfg.max_new_tokens
         self.cfg = cfg
-        # No chunked prefill: vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset")
-        # when a request with its own seed is split across scheduler steps.
-        self.llm = LLM(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager, max_model_len=max_model_len,
-                       enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len),
-                       limit_mm_per_prompt={"image": 4},
-                       worker_extension_cls="rl_vlm.distributed.sync.engine_hook.WeightUpdateExtension",
-                       **kwargs)
+        self.max_model_len = max_model_len
+        self.llm = LLM(**engine_args(model_path, cfg, seed, device, max_model_len))
         if device == "cpu" and torch.get_num_threads() != cfg.torch_threads:
             raise RuntimeError(f"rollout.torch_threads={cfg.torch_threads}, but vLLM left the engine at "
                                f"{torch.get_num_threads()} threads")
