@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny Qwen2.5-VL, random-init (built once per session) and warm-started (shipped)."""
+"""Shared fixtures: the tiny Qwen2.5-VL, random-init (built once per session) and warm-started (shipped), the
+real-shape model, and one running system for the end-to-end runs."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def warm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("warm-model") / "tiny-qwen2.5-vl"
     install_shipped(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_shape_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly built random-weight real-shape Qwen2.5-VL (seed 0: the pinned build), loadable by
+    path: 151,936-token vocabulary, Qwen2.5's token ids, real vision geometry, narrow towers."""
+    from rl_vlm.models.real_shape import build_real_shape_model
+
+    return build_real_shape_model(tmp_path_factory.mktemp("real-shape-model"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,12 @@ from rl_vlm.rewards.manager import RewardResult
 
 
 def response_stats(rollout: RolloutBatch) -> dict[str, float]:
+    """Response and prompt lengths in tokens (a prompt's count includes its visual tokens)."""
     lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32)
+    prompts = torch.tensor([len(p) for p in rollout.prompt_ids], dtype=torch.float32)
     return {"response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
-            "response/truncated_frac": sum(rollout.truncated) / max(len(rollout.truncated), 1)}
+            "response/truncated_frac": sum(rollout.truncated) / max(len(rollout.truncated), 1),
+            "prompt/length_mean": prompts.mean().item(), "prompt/length_max": prompts.max().item()}
 
 
 def reward_metrics(sys_: System, scored: RewardResult) -> dict[str, float]:

@@ -124,21 +124,3 @@ def test_cli_builds_the_pinned_seed_and_refuses_a_warm_start(monkeypatch: pytest
     assert calls == [(cli.DEFAULT_REAL_SHAPE_DIR, 0)]
     with pytest.raises(SystemExit):
         cli.main(["build-tiny-model", "--shape", "real", "--warm-start-steps", "10"])
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_vllm_samples_from_a_1024_token_image(real_shape_model_dir: Path, proc) -> None:
-    from rl_vlm.batch import Prompt
-    from rl_vlm.config import RolloutConfig
-    from rl_vlm.distributed.workers.rollout import RolloutEngine
-
-    engine = RolloutEngine(str(real_shape_model_dir), RolloutConfig(enforce_eager=True), seed=0, device="cpu",
-                           max_model_len=2048)
-    assert len(engine.llm.get_tokenizer()) == VOCAB_SIZE
-    text = render_prompt(proc, "what color is the shape?", 1, "think_answer")
-    prompt = Prompt(uid="real-shape:0", prompt_text=text, images=[_image(896, 896)], row={})
-    (out,) = engine.generate([prompt], 1, 1.0, 1.0, 16, seed=0)
-    assert out.prompt_ids.count(IMAGE_PAD) == 1024
-    assert len(out.response_ids) == len(out.logprobs) == 16 and out.truncated
-    assert all(0 <= i < VOCAB_SIZE for i in out.response_ids) and out.text

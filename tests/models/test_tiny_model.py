@@ -15,8 +15,8 @@ from PIL import Image
 from rl_vlm import cli
 from rl_vlm.data.prompt import render_prompt
 from rl_vlm.models.tiny import (
-    SHIPPED_DIR,
     REBUILD_SEED,
+    SHIPPED_DIR,
     SUMS_FILE,
     WARM_START_STEPS,
     ShippedModelError,
