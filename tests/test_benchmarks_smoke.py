@@ -111,3 +111,22 @@ def test_report(tmp_path: Path) -> None:
     bench_all.DOC, bench_all.RUNS, bench_all.IMG = doc, tmp_path / "runs", tmp_path / "img"
     bench_all.write_report()
     assert "Not run yet" in doc.read_text()
+
+
+def test_bench_memory(tmp_path: Path) -> None:
+    """scripts/bench_memory.py at toy size, in its own process (it sets torch threads; no Ray): every
+    field the table reads, the before and after paths agreeing on the loss, after holding less."""
+    out = tmp_path / "memory"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_memory.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    row = res["results"]["256"]
+    for v in ("before", "after", "backbone"):
+        assert row[v]["peak_extra_mib"] > 0 and row[v]["s_per_micro_batch"] > 0 and row[v]["tokens_per_s"] > 0, v
+    assert row["after"]["loss"] == pytest.approx(row["before"]["loss"], abs=1e-5)
+    assert row["after"]["grad_norm"] == pytest.approx(row["before"]["grad_norm"], rel=1e-4)
+    assert 0 <= row["logits_ratio"] < 1 and row["speedup"] > 0
+    assert ("trl" in row) == (res["trl_skipped"] is None)
+    assert res["machine"]["cpu_model"] and res["settings"]["memory_method"] != "?"
+    assert "| 256 | after |" in proc.stdout

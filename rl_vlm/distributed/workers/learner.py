@@ -30,6 +30,14 @@ from rl_vlm.batch import SequenceBatch
 from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from rl_vlm.distributed.sharding import RankShard
 from rl_vlm.distributed.workers.identity import ActorIdentity
+from rl_vlm.distributed.workers.logprobs import (
+    EntropyMode,
+    final_hidden_states,
+    lm_head,
+    sequence_logprobs,
+    sequence_view_kl,
+)
+from rl_vlm.distributed.workers.logprobs import token_logprobs as token_logprobs  # re-exported for the tests
 
 
 def _partition(p: torch.nn.Parameter) -> torch.Tensor:
@@ -41,20 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """[n, T, V] logits, [n, T] ids -> [n, T] log p(token_t | tokens_<t), 0 at t = 0."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    out = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(out, (1, 0))
-
-
-def shifted_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """[n, T, V] -> [n, T] entropy of the distribution that predicted token t (0 at t = 0)."""
-    from rl_vlm.algorithms.core import entropy_from_logits
-
-    return torch.nn.functional.pad(entropy_from_logits(logits[:, :-1].float()), (1, 0))
 
 
 class Learner(ActorIdentity):
@@ -214,24 +208,28 @@ class Learner(ActorIdentity):
                              pixel_values=torch.cat(pixels), image_grid_thw=torch.cat(grids),
                              images_per_seq=per_seq)
 
-    def _logits(self, module: torch.nn.Module, b: SequenceBatch) -> torch.Tensor:
-        """[n, T, V] next-token logits at the rollout temperature."""
+    def _hidden(self, module: torch.nn.Module, b: SequenceBatch) -> torch.Tensor:
+        """[n, T, H] final hidden states (the LM head's input); no logits are computed."""
         dev = next(module.parameters()).device
         ids = b.input_ids.to(dev)
         # mrope needs to know which tokens are image tokens; without this transformers silently
         # falls back to 1-D positions and the log-probs disagree with vLLM.
         mm_types = (ids == self.image_token_id).int()
-        out = module(input_ids=ids, attention_mask=b.attention_mask.to(dev),
-                     pixel_values=b.pixel_values.to(dev, dtype=next(module.parameters()).dtype),
-                     image_grid_thw=b.image_grid_thw.to(dev), mm_token_type_ids=mm_types, use_cache=False)
-        return out.logits / self._shard().temperature
+        return final_hidden_states(
+            module, input_ids=ids, attention_mask=b.attention_mask.to(dev),
+            pixel_values=b.pixel_values.to(dev, dtype=next(module.parameters()).dtype),
+            image_grid_thw=b.image_grid_thw.to(dev), mm_token_type_ids=mm_types, use_cache=False)
 
-    def _forward(self, module: torch.nn.Module, b: SequenceBatch, with_entropy: bool
+    def _forward(self, module: torch.nn.Module, b: SequenceBatch, entropy: EntropyMode
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self._logits(module, b)
-        logp = token_logprobs(logits, b.input_ids.to(logits.device))
-        ent = shifted_entropy(logits) if with_entropy else None
-        return logp, ent
+        """[n, T] log-probs of the response tokens at the rollout temperature (0 elsewhere) and,
+        unless ``entropy="none"``, their distributions' entropies; the LM head runs on
+        ``learner.logprob_chunk_size`` response positions at a time
+        (:mod:`rl_vlm.distributed.workers.logprobs`)."""
+        hidden = self._hidden(module, b)
+        dev = hidden.device
+        return sequence_logprobs(hidden, b.input_ids.to(dev), b.response_mask.to(dev), lm_head(module),
+                                 self._shard().temperature, self.cfg.logprob_chunk_size, entropy)
 
     def _micro_batches(self, seq_idx: list[int]) -> list[list[int]]:
         m = self.cfg.micro_batch_size
@@ -254,7 +252,7 @@ class Learner(ActorIdentity):
         out: list[torch.Tensor] = [torch.empty(0)] * len(s.prompt_ids)
         order = [i for mb in s.mini_batches for i in mb]
         for micro in self._micro_batches(order):
-            logp, _ = self._forward(engine, self._collate(micro), with_entropy=False)
+            logp, _ = self._forward(engine, self._collate(micro), "none")
             self._responses(logp, micro, out)
         return out
 
@@ -262,8 +260,9 @@ class Learner(ActorIdentity):
     def compute_views(self) -> dict[str, dict[str, list[torch.Tensor]]]:
         """For every view of the algorithm, per sequence: ``old_logprobs`` with the view's
         images and, for ``full_kl`` views, the exact per-token ``kl`` = KL(P ‖ P_view) and
-        ``kl_rev`` = KL(P_view ‖ P) of the full next-token distributions (P: own images).
-        Kept for the update (:attr:`LossInputs.views`) and returned to the driver."""
+        ``kl_rev`` = KL(P_view ‖ P) of the full next-token distributions (P: own images), at the
+        response tokens, the LM head run a chunk of positions at a time on both views' hidden
+        states. Kept for the update (:attr:`LossInputs.views`) and returned to the driver."""
         self.engine.eval()
         s = self._shard()
         n = len(s.prompt_ids)
@@ -274,16 +273,18 @@ class Learner(ActorIdentity):
                 res.update(kl=[torch.empty(0)] * n, kl_rev=[torch.empty(0)] * n)
             for micro in self._micro_batches(order):
                 b = self._collate(micro, view.name)
-                logits_v = self._logits(self.engine, b)
-                ids = b.input_ids.to(logits_v.device)
-                self._responses(token_logprobs(logits_v, ids), micro, res["old_logprobs"])
+                hidden_v = self._hidden(self.engine, b)
+                dev, head, temperature = hidden_v.device, lm_head(self.engine), s.temperature
+                mask = b.response_mask.to(dev)
+                logp_v, _ = sequence_logprobs(hidden_v, b.input_ids.to(dev), mask, head, temperature,
+                                              self.cfg.logprob_chunk_size)
+                self._responses(logp_v, micro, res["old_logprobs"])
                 if view.full_kl:
-                    lp = torch.log_softmax(self._logits(self.engine, self._collate(micro))[:, :-1].float(), -1)
-                    lq = torch.log_softmax(logits_v[:, :-1].float(), -1)
-                    kl = (lp.exp() * (lp - lq)).sum(-1)
-                    kl_rev = (lq.exp() * (lq - lp)).sum(-1)
-                    self._responses(torch.nn.functional.pad(kl, (1, 0)), micro, res["kl"])
-                    self._responses(torch.nn.functional.pad(kl_rev, (1, 0)), micro, res["kl_rev"])
+                    hidden = self._hidden(self.engine, self._collate(micro))
+                    kl, kl_rev = sequence_view_kl(hidden, hidden_v, mask, head, temperature,
+                                                  self.cfg.logprob_chunk_size)
+                    self._responses(kl, micro, res["kl"])
+                    self._responses(kl_rev, micro, res["kl_rev"])
             self._view_out[view.name] = res
         return self._view_out
 
@@ -309,19 +310,20 @@ class Learner(ActorIdentity):
         for k, mb in enumerate(s.mini_batches):
             for micro in self._micro_batches(mb):
                 b = self._collate(micro)
-                logp, ent = self._forward(self.engine, b, with_entropy=True)
+                # The entropy is a metric unless the loss uses its gradient: no graph then.
+                logp, ent = self._forward(self.engine, b, "grad" if self.algorithm.needs_entropy_grad else "value")
                 dev = logp.device
                 views = {name: ViewOutputs(**{key: self._per_token(values, micro, b).to(dev)
                                               for key, values in res.items()})
                          for name, res in self._view_out.items()}
                 for name in grad_views:
-                    logprobs, _ = self._forward(self.engine, self._collate(micro, name), False)
+                    logprobs, _ = self._forward(self.engine, self._collate(micro, name), "none")
                     views[name] = replace(views[name], logprobs=logprobs)
                 inp = LossInputs(
                     logprobs=logp, old_logprobs=self._per_token(old_logprobs, micro, b).to(dev),
                     ref_logprobs=None if ref_logprobs is None else self._per_token(ref_logprobs, micro, b).to(dev),
                     advantages=self._per_token(advantages, micro, b).to(dev), response_mask=b.response_mask.to(dev),
-                    entropy=ent if self.algorithm.needs_entropy_grad or ent is None else ent.detach(),
+                    entropy=ent,
                     num_tokens=s.num_tokens[k], num_seqs=s.num_seqs[k],
                     max_response_len=s.max_response_len, step=s.step, total_steps=s.total_steps, views=views)
                 res = self.algorithm.loss(inp)
@@ -348,7 +350,7 @@ class Learner(ActorIdentity):
         for k, mb in enumerate(s.mini_batches):
             for micro in self._micro_batches(mb):
                 b = self._collate(micro)
-                logp, _ = self._forward(self.engine, b, with_entropy=False)
+                logp, _ = self._forward(self.engine, b, "none")
                 w = torch.tensor([weights[i] for i in micro], dtype=logp.dtype, device=logp.device)
                 loss = sft_nll(logp, b.response_mask.to(logp.device) * w[:, None], num_tokens[k])
                 self.engine.backward(loss * self.gas * self.world_size)
