@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench_all.py --report-only    # the report from runs/bench/*/results.json
     .venv/bin/python scripts/bench_all.py --only sync      # one benchmark, then the report
 
-Each benchmark runs in its own process (scripts/bench_e2e.py, bench_sync.py, bench_scaling.py;
+Each benchmark runs in its own process (scripts/bench_e2e.py, bench_sync.py, bench_scaling.py,
+bench_memory.py;
 their --help says what they measure) and writes runs/bench/<name>/results.json. The report
 reads those files: docs/benchmarks.md (method text kept in this file, tables filled in) and
 docs/img/bench_*.png (needs matplotlib: requirements/bench.txt or requirements/plot.txt).
@@ -26,7 +27,8 @@ from bench_common import REPO, isa_summary, load  # noqa: E402
 RUNS = REPO / "runs" / "bench"
 DOC = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img"
-BENCHES = {"e2e": "bench_e2e.py", "sync": "bench_sync.py", "scaling": "bench_scaling.py"}
+BENCHES = {"e2e": "bench_e2e.py", "sync": "bench_sync.py", "scaling": "bench_scaling.py",
+           "memory": "bench_memory.py"}
 
 
 def _read(name: str) -> dict[str, Any] | None:
@@ -243,11 +245,20 @@ def scaling_section(sc: dict | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def memory_section(mem: dict | None) -> str:
+    if not mem:
+        return "_Not run yet: `python scripts/bench_all.py --only memory`._\n"
+    import bench_memory
+
+    return bench_memory.markdown(mem)
+
+
 def write_report() -> None:
     e2e, sync, sc = _read("e2e"), _read("sync"), _read("scaling")
     made = plots(e2e, sync, sc)
     text = DOC.read_text() if DOC.exists() else ""
-    sections = {"E2E": e2e_section(e2e), "SYNC": sync_section(sync), "SCALING": scaling_section(sc)}
+    sections = {"E2E": e2e_section(e2e), "SYNC": sync_section(sync), "SCALING": scaling_section(sc),
+                "MEMORY": memory_section(_read("memory"))}
     if not text:
         raise SystemExit(f"{DOC} is missing: it holds the method text around the generated tables")
     for name, body in sections.items():

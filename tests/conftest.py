@@ -12,18 +12,6 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The suite runs on two pytest-xdist workers (pyproject.toml's addopts, ``--dist
-    loadgroup``). Every test of the one shared running system (the ``shared_pools`` fixture) goes
-    to one worker, in file order: that system lives in one process, and its runs re-point it one
-    after another. Everything else (unit tests, and the end-to-end tests that start a system of
-    their own: two Ray nodes, the CLI sweep) is spread over both workers, so it runs beside the
-    shared system instead of after it."""
-    for item in items:
-        if "shared_pools" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("shared_system"))
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly built random-weight tiny Qwen2.5-VL (tokenizer + processor), loadable by path."""

@@ -57,10 +57,11 @@ def _node_ports() -> list[str]:
             f"--dashboard-agent-grpc-port={p[3]}", f"--runtime-env-agent-port={p[4]}", f"--metrics-export-port={p[5]}"]
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
+def _start(args: list[str], log: Path, attempts: int = 3) -> subprocess.Popen:
     """``ray start --block`` in its own process group (so the group can be killed at the end);
-    returns once the node reports it started."""
-    out = log.open("w")
+    returns once the node reports it started. Ray gives a new raylet a fixed 30 s to register
+    (``raylet_start_wait_time_s`` in ray/_private/node.py); on a loaded 2-core box that can pass,
+    and ``ray start`` then exits with "timed out during startup": that, and only that, is retried."""
     # Without the variable that start_ray's runtime_env sets, so the test sees that it arrived.
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
     # Token auth on every member, stated: a new head turns it on by default but a joining
@@ -68,15 +69,22 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     # ray.init() in this process had exported RAY_AUTH_MODE=token. All use ~/.ray/auth_token,
     # which the head creates if missing.
     env["RAY_AUTH_MODE"] = "token"
-    proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-                             "--object-store-memory=200000000", *_node_ports(), *args],
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    deadline = time.time() + 120
-    while "Ray runtime started" not in log.read_text():
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"ray start failed:\n{log.read_text()}")
-        time.sleep(1)
-    return proc
+    for attempt in range(attempts):
+        with log.open("w") as out:
+            proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                     "--object-store-memory=200000000", *_node_ports(), *args],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                _stop(proc)
+                if "timed out during startup" in log.read_text() and attempt + 1 < attempts:
+                    break
+                raise RuntimeError(f"ray start failed:\n{log.read_text()}")
+            time.sleep(1)
+        else:
+            return proc
+    raise AssertionError("unreachable")
 
 
 def _stop(proc: subprocess.Popen) -> None:
