@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 # import the math); ConfigError lives in a module without imports so they can raise it too.
 from rl_vlm.algorithms.care_config import CareConfig
 from rl_vlm.algorithms.papo_config import PapoConfig
+from rl_vlm.algorithms.rollout_correction_config import RolloutCorrectionConfig
 from rl_vlm.algorithms.vogue_config import VogueConfig
 from rl_vlm.algorithms.vppo_config import VppoConfig
 from rl_vlm.errors import ConfigError
@@ -184,6 +185,9 @@ class AlgorithmConfig:
     vppo: VppoConfig = field(default_factory=VppoConfig)
     care: CareConfig = field(default_factory=CareConfig)
     vogue: VogueConfig = field(default_factory=VogueConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    """Importance weights between the engine's (behaviour) and the learner's (proximal)
+    log-probs, for stale samples and the engine/learner mismatch (TIS / MIS)."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,14 @@ class ClusterConfig:
     resource that only some nodes advertise (``ray start --resources``): pins the pool to them."""
     learner_resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources in every learner bundle (as ``rollout_resources``)."""
+    rollout_cpu_affinity: tuple[int, ...] = ()
+    """CPU only: the logical CPU ids every rollout engine's process is pinned to
+    (``os.sched_setaffinity`` at actor start, before torch's and vLLM's threads start), e.g.
+    ``[0]`` with ``learner_cpu_affinity=[1]`` to give the two pools disjoint cores on a 2-core box;
+    ``rollout.torch_threads`` threads then share these CPUs. Empty = not pinned."""
+    learner_cpu_affinity: tuple[int, ...] = ()
+    """CPU only: the logical CPU ids every learner rank's process is pinned to (as
+    ``rollout_cpu_affinity``; all ranks share the set). Empty = not pinned."""
     weight_sync: Literal["auto", "object_store", "collective"] = "auto"
     """How the learner's weights reach the engines after each update (:mod:`rl_vlm.distributed.sync`):
     ``object_store`` = every learner rank puts its ZeRO-3 partition of each bucket in Ray's object
@@ -385,6 +397,11 @@ class TrainerConfig:
     """``auto``: continue from the newest complete checkpoint in ``output_dir`` if there is one;
     ``off``: start fresh (refused if checkpoints exist, so a run is never silently overwritten);
     or a checkpoint / run directory path."""
+    max_staleness: int = 0
+    """Rollout batches sampled ahead of the update: 0 = the synchronous loop (sample, then
+    update); k >= 1 = the engines sample the batches of steps t+1 .. t+k while the learners update
+    on step t's, so a sample is trained on k weight versions after the one that sampled it (see
+    the README, "Asynchronous rollout")."""
     max_restarts: int = 2
     """A dead learner rank makes the driver restart the whole system from the newest checkpoint
     at most this many times before it stops with a message; dead rollout engines are restarted

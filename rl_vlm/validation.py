@@ -92,6 +92,15 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _require(t.save_every >= 0, "trainer.save_every", "must be >= 0")
     _require(t.keep_last >= 0, "trainer.keep_last", "must be >= 0")
     _require(t.max_restarts >= 0, "trainer.max_restarts", "must be >= 0")
+    _require(t.max_staleness >= 0, "trainer.max_staleness", f"must be >= 0 (0 = synchronous), got {t.max_staleness}")
+    # Stages switch sampler, rewards and step kind at a step boundary; batches sampled ahead
+    # would come from the previous stage (or be RL batches for an SFT stage).
+    _require(t.max_staleness == 0 or not cfg.curriculum.stages, "trainer.max_staleness",
+             f"{t.max_staleness} cannot run a staged curriculum (curriculum.stages has "
+             f"{len(cfg.curriculum.stages)}): batches sampled ahead would cross a stage boundary; use 0")
+    _require(a.rollout_correction.mode == "none" or lc.old_logprobs == "recompute", "algorithm.rollout_correction.mode",
+             f"{a.rollout_correction.mode!r} needs learner.old_logprobs=recompute: with 'rollout' the proximal "
+             f"policy is the behaviour policy and every weight is 1")
     m = cfg.model
     _require(not lc.offload_params or lc.zero_stage == 3, "learner.offload_params",
              f"parameter offload needs learner.zero_stage=3, got {lc.zero_stage}")
@@ -133,6 +142,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         for i, f in enumerate(d.train_files + d.val_files):
             key = "data.train_files" if i < len(d.train_files) else "data.val_files"
             _require(os.path.exists(f), key, f"{f!r} does not exist (create easy-VQA files with `rl-vlm prepare-data`)")
+    check_cpu_affinity(cfg, this_machine=check_paths)
     return cfg
 
 
@@ -313,3 +323,24 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def check_cpu_affinity(cfg: Config, this_machine: bool = True) -> None:
+    """``cluster.rollout_cpu_affinity`` and ``cluster.learner_cpu_affinity``: CPU only, distinct
+    ids >= 0; with ``this_machine`` and a private Ray instance (``cluster.address=local``, whose
+    actors run here with this process's affinity) every id must be a CPU this process may run on
+    (``os.sched_getaffinity``; ``os.cpu_count`` where there is no such call)."""
+    c = cfg.cluster
+    for key, cpus in (("cluster.rollout_cpu_affinity", c.rollout_cpu_affinity),
+                      ("cluster.learner_cpu_affinity", c.learner_cpu_affinity)):
+        if not cpus:
+            continue
+        _require(resolve_device(c.device) == "cpu", key,
+                 f"{list(cpus)} pins CPU actors only; leave it empty on GPU (cluster.device={c.device})")
+        _require(min(cpus) >= 0, key, f"CPU ids are >= 0, got {list(cpus)}")
+        _require(len(set(cpus)) == len(cpus), key, f"names a CPU twice: {list(cpus)}")
+        if this_machine and c.address == "local":
+            usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+            missing = sorted(set(cpus) - usable)
+            _require(not missing, key, f"CPU(s) {missing} do not exist or are not available here: this machine "
+                                       f"lets the pools use CPUs {sorted(usable)}")

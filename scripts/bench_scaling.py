@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     from rl_vlm.compose import compose
     from rl_vlm.distributed.provider import FreshPools
     from rl_vlm.driver.controller import train_step
+    from rl_vlm.driver.rollout_phase import produce
+    from rl_vlm.driver.rollout_queue import RolloutQueue
     from rl_vlm.driver.system import build_system
     from rl_vlm.validation import validate
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     sys_ = build_system(cfg, pools)
     report["startup_s"] = time.perf_counter() - t0
     step = 0
+    queue = RolloutQueue(partial(produce, sys_, algorithm), 0, cfg.trainer.total_steps)  # synchronous steps
     cache: dict[tuple[int, int, int], dict[str, Any]] = {}
     try:
         for axis, values in axes.items():
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
                     rows = []
                     for i in range(a.warmup + a.steps):
                         step += 1
-                        m = train_step(sys_, algorithm, step)
+                        m, _ = train_step(sys_, algorithm, step, queue)
                         if i >= a.warmup:
                             rows.append(m)
                     phases = sorted(k for k in rows[0] if k.startswith("time/"))

@@ -87,6 +87,12 @@ def test_wrong_type_and_bad_choice_are_named() -> None:
     (["cluster.num_cpus=2"], "cluster.num_cpus"),
     (["model.attn_implementation=flash_attention_2", "cluster.device=cpu"], "model.attn_implementation"),
     (["cluster.device=gpu", "cluster.gpus_per_node=4", "rollout.num_engines=4"], "cluster.gpus_per_node"),
+    (["trainer.max_staleness=-1"], "trainer.max_staleness"),
+    # Batches sampled ahead would cross the stage boundary.
+    (["curriculum=curr_reft", "trainer.max_staleness=1"], "trainer.max_staleness"),
+    # With the engine's log-probs as pi_old every importance weight is 1.
+    (["algorithm.rollout_correction.mode=tis", "learner.old_logprobs=rollout", "rollout.temperature=1.0",
+      "rollout.top_p=1.0"], "algorithm.rollout_correction.mode"),
 ])
 def test_validation_names_the_offending_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -19,6 +20,9 @@ from rl_vlm.config import Config
 from rl_vlm.data.sampling import Sampler
 from rl_vlm.distributed.interfaces import LearnerPool, RolloutPool
 from rl_vlm.seeds import rng_state, set_rng_state
+
+if TYPE_CHECKING:  # the driver's batch type, opaque here: saved and handed back as it is
+    from rl_vlm.driver.rollout_phase import SampledGroups
 
 log = logging.getLogger("rl_vlm.checkpoint")
 
@@ -52,15 +56,33 @@ class Resumable(Protocol):
     def curriculum(self) -> StagedState: ...
 
 
-def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int) -> str:
+@dataclass
+class Restored:
+    """What :func:`restore_checkpoint` hands back to the loop."""
+
+    step: int
+    """The step the checkpoint was taken after (0: a fresh start)."""
+    pending: dict[int, SampledGroups]
+    """Batches sampled ahead of the update and not yet trained on (``trainer.max_staleness``),
+    by the step that trains on them."""
+
+
+def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int,
+                    pending: dict[int, SampledGroups] | None = None) -> str:
     """Write the complete state after ``step`` atomically: learner shards (model, optimizer,
-    scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version) + config."""
+    scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version, the
+    ``pending`` batches sampled ahead of the update) + config.
+
+    The pending batches are saved rather than sampled again on resume: they were sampled with
+    weights older than the checkpoint's, which no checkpoint holds, and the sampler position
+    saved with them is already past them."""
     t0 = time.perf_counter()
     with store.begin(step) as ck:
         sys_.learner_pool.save_checkpoint(ck.path)
         save_torch_atomic(os.path.join(ck.path, "driver.pt"), {
             "step": step, "sampler": sys_.train_sampler.state_dict(), "rng": rng_state(),
-            "weight_version": sys_.rollout.weight_version, "curriculum": sys_.curriculum.state_dict()})
+            "weight_version": sys_.rollout.weight_version, "curriculum": sys_.curriculum.state_dict(),
+            "pending": dict(pending or {})})
         write_resolved_config(sys_.cfg, ck.path)
         # Fault injection for tests: widen the window in which a crash hits a half-written save.
         time.sleep(float(os.environ.get("RL_VLM_FAULT_SAVE_SLEEP_S", "0")))
@@ -70,8 +92,9 @@ def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int) -> str:
     return f"checkpoint {final}: {size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s"
 
 
-def restore_checkpoint(sys_: Resumable, path: str) -> int:
-    """Load checkpoint ``path`` into the running system; returns the step it was taken after."""
+def restore_checkpoint(sys_: Resumable, path: str) -> Restored:
+    """Load checkpoint ``path`` into the running system; returns the step it was taken after and
+    the batches it saved for the steps after it."""
     sys_.learner_pool.load_checkpoint(path)
     state = torch.load(os.path.join(path, "driver.pt"), weights_only=False)
     if "curriculum" in state:  # the stage, every stage's sampler position, the difficulty estimates
@@ -79,4 +102,4 @@ def restore_checkpoint(sys_: Resumable, path: str) -> int:
     sys_.train_sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     sys_.rollout.load_weights(sys_.learner_pool.publish_weights(), state["weight_version"])
-    return int(state["step"])
+    return Restored(int(state["step"]), dict(state.get("pending", {})))

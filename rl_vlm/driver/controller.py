@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 
 import torch
 
 from rl_vlm.algorithms import Algorithm, StepContext, build_algorithm
+from rl_vlm.algorithms.rollout_correction import rollout_correction
 from rl_vlm.batch import RolloutBatch, StepShape
 from rl_vlm.checkpoint.resume import resume_point, write_resolved_config
-from rl_vlm.checkpoint.state import restore_checkpoint, save_checkpoint
+from rl_vlm.checkpoint.state import Restored, restore_checkpoint, save_checkpoint
 from rl_vlm.checkpoint.store import CheckpointStore
 from rl_vlm.config import Config, to_dict
 from rl_vlm.data.skipped import SKIPPED_ROWS_FILE, SkippedRowsLog
@@ -38,7 +40,8 @@ from rl_vlm.driver.metrics import (
     run_state_metrics,
     timing_metrics,
 )
-from rl_vlm.driver.rollout_phase import rollout_and_score
+from rl_vlm.driver.rollout_phase import SampledGroups, produce
+from rl_vlm.driver.rollout_queue import RolloutQueue
 from rl_vlm.driver.sft import sft_step
 from rl_vlm.driver.signals import install_stop_handler
 from rl_vlm.driver.system import System, build_system
@@ -48,13 +51,22 @@ from rl_vlm.validation import validate
 log = logging.getLogger("rl_vlm.driver")
 
 
-def train_step(sys_: System, algorithm: Algorithm, step: int) -> dict[str, float]:
-    """One RL step, one timed phase per arrow of the data flow; returns the step's metrics."""
+def train_step(sys_: System, algorithm: Algorithm, step: int,
+               queue: RolloutQueue) -> tuple[dict[str, float], SampledGroups]:
+    """One RL step, one timed phase per arrow of the data flow; returns the step's metrics and
+    the batch it trained on.
+
+    The batch comes from ``queue``: sampled now (``trainer.max_staleness=0``), or earlier, while
+    the learners updated (k >= 1; phases ``rollout`` and ``reward`` are then the background
+    times, ``rollout_wait`` the time this step waited for them).
+    """
     cfg, timer, learners = sys_.cfg, PhaseTimer(), sys_.learner_pool
     seed, G, total = cfg.trainer.seed, cfg.rollout.n, cfg.trainer.total_steps
     t0 = time.perf_counter()
     # Phases "rollout" and "reward" (several rounds with data.dynamic_sampling).
-    sampled = rollout_and_score(sys_, algorithm, step, timer)
+    sampled, waited = queue.take(step)
+    timer.times.update(sampled.times)
+    timer.times["time/rollout_wait_s"] = waited
     prompts, rollout, scored = sampled.prompts, sampled.rollout, sampled.scored
     with timer("old_logprob"):
         batch = learner_batch(rollout, algorithm, len(prompts), seed, step)
@@ -73,18 +85,29 @@ def train_step(sys_: System, algorithm: Algorithm, step: int) -> dict[str, float
         selected = algorithm.select_for_update(adv, G, ctx)
         keep = list(range(len(rollout.response_ids))) if selected is None else selected.tolist()
         advantages = [adv[i, : len(rollout.response_ids[i])] for i in keep]
+        # Behaviour (engine, at the sample's version) vs proximal (learner, now): TIS / MIS.
+        corr = rollout_correction([old[i] for i in keep], [rollout.rollout_logprobs[i] for i in keep],
+                                  cfg.algorithm.rollout_correction)
+        if corr.weights is not None:
+            advantages = [a * w for a, w in zip(advantages, corr.weights, strict=True)]
     with timer("update"):
         if len(keep) != len(rollout.response_ids):  # the algorithm dropped sequences: re-shard
             learners.set_batch(batch.subset(keep), shape)
             learners.compute_views()
         actor = learners.update(advantages, [old[i] for i in keep], None if ref is None else [ref[i] for i in keep])
+    with timer("sync_wait"):  # no request may run while the weights change
+        queue.drain()
     with timer("sync"):
         versions = sys_.rollout.load_weights(learners.publish_weights(), step)
+    staleness = float(step - 1 - rollout.weight_version)  # the learners held version step - 1
     old_pad, _ = pad_responses(old)
     roll_pad, _ = pad_responses(rollout.rollout_logprobs)
     engine_gap = (old_pad - roll_pad).abs() * mask
     return {
         **reward_metrics(sys_, scored),
+        **corr.metrics,
+        # One weight version per batch: sync happens only between batches (rollout_queue).
+        "rollout/staleness_mean": staleness, "rollout/staleness_max": staleness,
         **response_stats(rollout),
         **scores.metrics,
         **algorithm.step_metrics(),
@@ -98,7 +121,7 @@ def train_step(sys_: System, algorithm: Algorithm, step: int) -> dict[str, float
         **sampled.metrics,
         **timing_metrics(timer, t0, sum(len(p) + len(r) for p, r in zip(rollout.prompt_ids, rollout.response_ids,
                                                                         strict=True))),
-    }
+    }, sampled
 
 
 def step_context(sys_: System, algorithm: Algorithm, rollout: RolloutBatch, num_raw_prompts: int,
@@ -154,35 +177,49 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None, provider:
     write_resolved_config(cfg, run_dir)
     algorithm = build_algorithm(cfg.algorithm)
     sys_ = build_system(cfg, provider)
-    start = restore_checkpoint(sys_, resume_from) if resume_from else 0
+    restored = restore_checkpoint(sys_, resume_from) if resume_from else Restored(0, {})
+    start = restored.step
     tracker = Tracker(t, run_dir, to_dict(cfg), t.total_steps, start_step=start)
     skipped_rows = SkippedRowsLog(os.path.join(run_dir, SKIPPED_ROWS_FILE))
     stop = install_stop_handler()  # after ray.init, which installs its own SIGTERM handler
     tracker.write(f"run dir {run_dir}: {sys_.learner_pool.num_params / 1e6:.2f} M parameters, "
                   f"{len(sys_.val_prompts)} validation prompts"
                   + (f"; resumed from {resume_from} at step {start}" if resume_from else ""))
+    # Batches sampled ahead of the update (trainer.max_staleness); a checkpoint saved its pending ones.
+    queue = RolloutQueue(partial(produce, sys_, algorithm), t.max_staleness, t.total_steps, restored.pending)
     try:
         if t.val_every and t.val_before_train and start == 0:
             tracker.log(0, run_validation(sys_))
+        if t.max_staleness:  # one stage (validated): enter it before sampling ahead
+            switch = sys_.curriculum.enter(start + 1)
+            if switch:
+                tracker.write(switch)
+        queue.fill(sys_.rollout.weight_version)
         for step in range(start + 1, t.total_steps + 1):
             switch = sys_.curriculum.enter(step)  # the stage's sampler and rewards
             if switch:
                 tracker.write(switch)
-            metrics = (sft_step if sys_.curriculum.stage.cfg.type == "sft" else train_step)(sys_, algorithm, step)
+            if sys_.curriculum.stage.cfg.type == "sft":
+                metrics = sft_step(sys_, algorithm, step)
+            else:
+                metrics, sampled = train_step(sys_, algorithm, step, queue)
+                tracker.log_prompts(step, sampled.rollout.weight_version, [p.uid for p in sampled.prompts])
             if t.val_every and (step % t.val_every == 0 or step == t.total_steps):
                 metrics.update(run_validation(sys_))
             tracker.log(step, metrics)  # before the save: a checkpoint never precedes its metrics
             skipped_rows.update([s.sampler for s in sys_.curriculum.stages])  # new bad rows only
             tracker.advance(1, {k: metrics[k] for k in ("reward/mean", "perf/step_s") if k in metrics})
             if (t.save_every and step % t.save_every == 0) or step == t.total_steps or stop():
-                tracker.write(save_checkpoint(sys_, store, step))
+                tracker.write(save_checkpoint(sys_, store, step, queue.pending()))
             if stop():
                 tracker.write(f"stopped by {stop.signal_name} after step {step}; relaunch the same command to resume")
                 break
+            queue.fill(sys_.rollout.weight_version)  # after validation and the save: they use the engines
         else:
             if t.save_final_model:
                 sys_.learner_pool.save_hf(os.path.join(run_dir, "final"))
     finally:
+        queue.close()  # the batch being sampled finishes first; the pools stay usable
         stop.restore()
         tracker.close()
         sys_.curriculum.close()  # every stage's reward pool

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -91,6 +91,8 @@ class SampledGroups:
     rollout: RolloutBatch
     scored: RewardResult
     metrics: dict[str, float]
+    times: dict[str, float] = field(default_factory=dict)
+    """``time/rollout_s`` and ``time/reward_s`` of sampling this batch (:func:`produce`)."""
 
 
 def sample_groups(draw: Callable[[], list[Prompt]], generate: Callable[[list[Prompt], int], RolloutBatch],
@@ -171,4 +173,15 @@ def rollout_and_score(system: Any, algorithm: Any, step: int, timer: Any) -> Sam
     out = sample_groups(draw, generate, score, cfg.data,
                         lambda p, s: system.curriculum.observe(p, s, G))
     out.metrics.update(system.curriculum.metrics(out.prompts))
+    return out
+
+
+def produce(system: Any, algorithm: Any, step: int) -> SampledGroups:
+    """Step ``step``'s batch, sampled and scored on the engines' current weights, with the time
+    its phases took (it may run ahead of the update: :mod:`rl_vlm.driver.rollout_queue`)."""
+    from rl_vlm.driver.tracking import PhaseTimer
+
+    timer = PhaseTimer()
+    out = rollout_and_score(system, algorithm, step, timer)
+    out.times = dict(timer.times)
     return out

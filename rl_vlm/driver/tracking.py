@@ -14,6 +14,9 @@ from typing import Any
 
 from rl_vlm.config import TrainerConfig
 
+PROMPTS_FILE = "prompts.jsonl"
+"""Per step, the uids of the prompts trained on (:meth:`Tracker.log_prompts`)."""
+
 # What the console line shows, in order, when present.
 CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "val/accuracy", "response/length_mean", "actor/kl",
                 "actor/entropy", "actor/clip_frac", "perf/step_s")
@@ -44,6 +47,9 @@ class Tracker:
         # so every step appears exactly once.
         _truncate_metrics(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
+        prompts_path = os.path.join(run_dir, PROMPTS_FILE)
+        _truncate_metrics(prompts_path, start_step)
+        self._prompts = open(prompts_path, "a", encoding="utf-8")
         self._bar = None
         if cfg.progress_bar:
             from tqdm.auto import tqdm
@@ -77,6 +83,12 @@ class Tracker:
                               for k in CONSOLE_KEYS if k in metrics)
             self.write(f"step {step}: {shown}")
 
+    def log_prompts(self, step: int, weight_version: int, uids: list[str]) -> None:
+        """``prompts.jsonl``: the prompts step ``step`` trained on and the weight version that
+        sampled them (one record per step, the steps after a resume's checkpoint re-done)."""
+        self._prompts.write(json.dumps({"step": step, "weight_version": weight_version, "uids": uids}) + "\n")
+        self._prompts.flush()
+
     def advance(self, n: int = 1, postfix: dict[str, float] | None = None) -> None:
         if self._bar is not None:
             self._bar.update(n)
@@ -93,6 +105,7 @@ class Tracker:
         if self._bar is not None:
             self._bar.close()
         self._file.close()
+        self._prompts.close()
         if self._wandb is not None:
             self._wandb.finish()
 

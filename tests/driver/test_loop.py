@@ -224,3 +224,107 @@ def test_bad_rows_are_counted_once_and_listed(data: tuple[Path, Path], tmp_path:
     listed = [json.loads(line) for line in (run_dir / "skipped_rows.jsonl").read_text().splitlines()]
     assert sorted(r["row"] for r in listed) == [2, 6]  # 1-based line numbers of the file
     assert all(r["file"] == str(train_file) and "image" in r["reason"] for r in listed)
+
+
+def _prompt_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "prompts.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_async_rollout_samples_ahead_on_a_fixed_schedule(data: tuple[Path, Path], tmp_path: Path, k: int) -> None:
+    sync, ahead = FakeProvider(), FakeProvider()
+    train(_cfg(data, tmp_path / "sync", "trainer.total_steps=5", "trainer.val_every=0"), pools=sync)
+    train(_cfg(data, tmp_path / "ahead", "trainer.total_steps=5", "trainer.val_every=0",
+               f"trainer.max_staleness={k}"), pools=ahead)
+    a, s = ahead.runs[0].rollout, sync.runs[0].rollout
+    assert isinstance(a, FakeRollout) and isinstance(s, FakeRollout)
+    # The same prompts in the same order, each sampled once, none for steps past the last.
+    assert a.sampled == s.sampled and len(a.sampled) == 5 * 4
+    log = _prompt_log(tmp_path / "ahead")
+    assert [r["uids"] for r in log] == [r["uids"] for r in _prompt_log(tmp_path / "sync")]
+    # Step s trains on the batch sampled with version max(0, s - 1 - k): k versions old.
+    assert [r["weight_version"] for r in log] == [max(0, s - 1 - k) for s in range(1, 6)]
+    by_step = {r["step"]: r for r in read_metrics(str(tmp_path / "ahead"))}
+    assert [by_step[s]["rollout/staleness_max"] for s in range(1, 6)] == [
+        float(s - 1 - max(0, s - 1 - k)) for s in range(1, 6)]
+    assert [v for v, _ in a.loaded] == [1, 2, 3, 4, 5]  # one sync per step, after the update
+    for step in range(1, 6):
+        assert by_step[step]["time/rollout_wait_s"] >= 0 and by_step[step]["time/sync_wait_s"] >= 0
+
+
+class BlockingLearners(FakeLearners):
+    """An update that returns only once the engines are sampling a later step's batch: it can
+    finish only if rollout runs while the learners update."""
+
+    def __init__(self, cfg: Config, rollout: FakeRollout) -> None:
+        super().__init__(cfg)
+        self.rollout = rollout
+        self.overlapped: list[bool] = []
+
+    def update(self, advantages: list[torch.Tensor], old: list[torch.Tensor],
+               ref: list[torch.Tensor] | None) -> dict[str, float]:
+        import time
+
+        needed = len(self.overlapped) + 2  # step s's update needs batch s + 1 under way
+        deadline = time.monotonic() + 10
+        while len(self.rollout.sampled) < 4 * needed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.overlapped.append(len(self.rollout.sampled) >= 4 * needed)
+        return super().update(advantages, old, ref)
+
+
+def test_async_rollout_runs_while_the_learners_update(data: tuple[Path, Path], tmp_path: Path) -> None:
+    class Provider(FakeProvider):
+        def acquire(self, cfg: Config, with_learners: bool) -> Pools:
+            pools = super().acquire(cfg, with_learners)
+            assert isinstance(pools.rollout, FakeRollout)
+            pools.learners = BlockingLearners(cfg, pools.rollout)
+            return pools
+
+    provider = Provider()
+    train(_cfg(data, tmp_path / "run", "trainer.total_steps=3", "trainer.val_every=0",
+               "trainer.max_staleness=1"), pools=provider)
+    learners = provider.runs[0].learners
+    assert isinstance(learners, BlockingLearners)
+    # Steps 1 and 2 saw the next batch sampled during their update; step 3 has no next batch.
+    assert learners.overlapped == [True, True, False]
+
+
+class DyingLearners(FakeLearners):
+    """A learner rank that dies in step 3's update (after the checkpoint of step 2)."""
+
+    def update(self, advantages: list[torch.Tensor], old: list[torch.Tensor],
+               ref: list[torch.Tensor] | None) -> dict[str, float]:
+        from rl_vlm.distributed.pools import WorkerFailure
+
+        if self.shapes[-1].step == 3:
+            raise WorkerFailure("learner rank 1 died")
+        return super().update(advantages, old, ref)
+
+
+def test_async_resume_trains_every_prompt_exactly_once(data: tuple[Path, Path], tmp_path: Path) -> None:
+    class Provider(FakeProvider):
+        def acquire(self, cfg: Config, with_learners: bool) -> Pools:
+            pools = super().acquire(cfg, with_learners)
+            if len(self.runs) == 1:
+                pools.learners = DyingLearners(cfg)
+            return pools
+
+    common = ("trainer.total_steps=4", "trainer.val_every=0", "trainer.save_every=1", "trainer.max_staleness=1")
+    ref, run = FakeProvider(), Provider()
+    train(_cfg(data, tmp_path / "ref", *common), pools=ref)
+    train(_cfg(data, tmp_path / "run", *common), pools=run)  # dies in step 3, restarts from step 2
+    assert len(run.runs) == 2 and True in run.released  # one restart
+    restarted = run.runs[1].rollout
+    assert isinstance(restarted, FakeRollout)
+    assert [v for v, _ in restarted.loaded] == [2, 3, 4]
+    # Step 3's batch (sampled with version 1, before the failure) came back from the checkpoint:
+    # the restarted system sampled only step 4's, with the same version 2 as the reference.
+    assert len(restarted.sampled) == 4
+    got, want = _prompt_log(tmp_path / "run"), _prompt_log(tmp_path / "ref")
+    assert got == want and [r["step"] for r in got] == [1, 2, 3, 4]
+    assert len({u for rec in got for u in rec["uids"]}) == 16  # each prompt trained once
+    ref_metrics = {m["step"]: m for m in read_metrics(str(tmp_path / "ref"))}
+    for m in read_metrics(str(tmp_path / "run")):
+        same = {k: v for k, v in m.items() if not k.startswith(("time/", "perf/"))}
+        assert same == {k: v for k, v in ref_metrics[m["step"]].items() if not k.startswith(("time/", "perf/"))}
