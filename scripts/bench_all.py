@@ -1,11 +1,11 @@
 """Run every benchmark and regenerate docs/benchmarks.md with its tables and plots.
 
-    .venv/bin/python scripts/bench_all.py                  # all three benchmarks, then the report
+    .venv/bin/python scripts/bench_all.py                  # every benchmark, then the report
     .venv/bin/python scripts/bench_all.py --report-only    # the report from runs/bench/*/results.json
     .venv/bin/python scripts/bench_all.py --only sync      # one benchmark, then the report
 
 Each benchmark runs in its own process (scripts/bench_e2e.py, bench_sync.py, bench_scaling.py,
-bench_memory.py;
+bench_memory.py, bench_async.py;
 their --help says what they measure) and writes runs/bench/<name>/results.json. The report
 reads those files: docs/benchmarks.md (method text kept in this file, tables filled in) and
 docs/img/bench_*.png (needs matplotlib: requirements/bench.txt or requirements/plot.txt).
@@ -28,7 +28,7 @@ RUNS = REPO / "runs" / "bench"
 DOC = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img"
 BENCHES = {"e2e": "bench_e2e.py", "sync": "bench_sync.py", "scaling": "bench_scaling.py",
-           "memory": "bench_memory.py"}
+           "memory": "bench_memory.py", "async": "bench_async.py"}
 
 
 def _read(name: str) -> dict[str, Any] | None:
@@ -253,12 +253,20 @@ def memory_section(mem: dict | None) -> str:
     return bench_memory.markdown(mem)
 
 
+def async_section(res: dict | None) -> str:
+    if not res:
+        return "_Not run yet: `python scripts/bench_all.py --only async`._\n"
+    import bench_async
+
+    return f"Machine: {_machine_line(res['machine'])}.\n\n" + bench_async.markdown(res)
+
+
 def write_report() -> None:
     e2e, sync, sc = _read("e2e"), _read("sync"), _read("scaling")
     made = plots(e2e, sync, sc)
     text = DOC.read_text() if DOC.exists() else ""
     sections = {"E2E": e2e_section(e2e), "SYNC": sync_section(sync), "SCALING": scaling_section(sc),
-                "MEMORY": memory_section(_read("memory"))}
+                "MEMORY": memory_section(_read("memory")), "ASYNC": async_section(_read("async"))}
     if not text:
         raise SystemExit(f"{DOC} is missing: it holds the method text around the generated tables")
     for name, body in sections.items():

@@ -4,7 +4,7 @@ that every field the report reads is there and sane. The TRL peer skips where TR
 installed (CI installs requirements/cpu.txt only; requirements/bench.txt adds TRL).
 
 The rl-vlm scripts run in this process through their ``main(argv, pools)`` on the suite's shared
-running system (one system start for the three, not one each; the scripts' own command line
+running system (one system start for all of them, not one each; the scripts' own command line
 gives each run fresh pools, as ``rl-vlm train`` does). They share one output root, so one
 random-weight model and one engine set serve all three. TRL runs as its own process: it sets
 this process's torch threads."""
@@ -93,9 +93,27 @@ def test_bench_scaling(tiny_model_dir: Path, bench_root: Path, shared_pools: Sha
     assert "step_s" in res["fits"]["B"]
 
 
+def test_bench_async(tiny_model_dir: Path, bench_root: Path, shared_pools: SharedPools,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the shared system nothing is pinned (its actors were started unpinned): k = 0 and 1 run,
+    every field of the table is there and the speed-up is taken against k = 0."""
+    res = _run("bench_async", bench_root / "async", tiny_model_dir, shared_pools, monkeypatch)
+    assert res["settings"]["pinned"] is False
+    runs = res["results"]["tiny"]["runs"]
+    assert sorted(runs) == ["0", "1"]
+    for r in runs.values():
+        assert r["step_s"] > 0 and r["rollout_s"] > 0 and r["learner_s"] > 0 and r["overlap"] > 0
+        assert 0 < r["rollout_busy"] and 0 < r["learner_busy"]
+        assert r["cpu_utilisation"] and all(0 <= u <= 1 for u in r["cpu_utilisation"].values())
+        assert r["actor_affinity"]["rollout"] and r["actor_affinity"]["learner"]  # the shared system's actors
+    assert runs["0"]["speedup"] == 1.0 and runs["1"]["speedup"] > 0
+    assert runs["1"]["staleness_max"] <= 1
+    assert res["machine"]["cpu_model"]
+
+
 def test_scripts_command_line() -> None:
     """The scripts' own entry points parse (what a user runs; the runs above go through main)."""
-    for script in ("bench_e2e.py", "bench_sync.py", "bench_scaling.py", "bench_all.py"):
+    for script in ("bench_e2e.py", "bench_sync.py", "bench_scaling.py", "bench_async.py", "bench_all.py"):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout.startswith("usage:"), script + proc.stderr[-2000:]

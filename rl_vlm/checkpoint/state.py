@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -20,9 +20,6 @@ from rl_vlm.config import Config
 from rl_vlm.data.sampling import Sampler
 from rl_vlm.distributed.interfaces import LearnerPool, RolloutPool
 from rl_vlm.seeds import rng_state, set_rng_state
-
-if TYPE_CHECKING:  # the driver's batch type, opaque here: saved and handed back as it is
-    from rl_vlm.driver.rollout_phase import SampledGroups
 
 log = logging.getLogger("rl_vlm.checkpoint")
 
@@ -62,13 +59,13 @@ class Restored:
 
     step: int
     """The step the checkpoint was taken after (0: a fresh start)."""
-    pending: dict[int, SampledGroups]
-    """Batches sampled ahead of the update and not yet trained on (``trainer.max_staleness``),
-    by the step that trains on them."""
+    pending: bytes | None
+    """The batches sampled ahead of the update and not yet trained on (``trainer.max_staleness``),
+    serialized by the driver's rollout queue (opaque here); None when there were none."""
 
 
 def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int,
-                    pending: dict[int, SampledGroups] | None = None) -> str:
+                    pending: bytes | None = None) -> str:
     """Write the complete state after ``step`` atomically: learner shards (model, optimizer,
     scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version, the
     ``pending`` batches sampled ahead of the update) + config.
@@ -82,7 +79,7 @@ def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int,
         save_torch_atomic(os.path.join(ck.path, "driver.pt"), {
             "step": step, "sampler": sys_.train_sampler.state_dict(), "rng": rng_state(),
             "weight_version": sys_.rollout.weight_version, "curriculum": sys_.curriculum.state_dict(),
-            "pending": dict(pending or {})})
+            "pending": pending})
         write_resolved_config(sys_.cfg, ck.path)
         # Fault injection for tests: widen the window in which a crash hits a half-written save.
         time.sleep(float(os.environ.get("RL_VLM_FAULT_SAVE_SLEEP_S", "0")))
@@ -102,4 +99,4 @@ def restore_checkpoint(sys_: Resumable, path: str) -> Restored:
     sys_.train_sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     sys_.rollout.load_weights(sys_.learner_pool.publish_weights(), state["weight_version"])
-    return Restored(int(state["step"]), dict(state.get("pending", {})))
+    return Restored(int(state["step"]), state.get("pending"))

@@ -87,8 +87,8 @@ class RolloutGroup(_Pool):
         self._refs: WeightRefs = []
         self._collective = False
         self._restart_policy = Restart(reinit=self._catch_up)
-        args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device, self.max_model_len)
-                for i in range(len(layout.rollout_bundles))]
+        args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device, self.max_model_len,
+                 cfg.cluster.rollout_cpu_affinity) for i in range(len(layout.rollout_bundles))]
         self.group = ActorGroup(RolloutEngine, layout.rollout_bundles, args, name="rl_vlm_rollout",
                                 what="rollout engine", policy=self._restart_policy)
 
@@ -169,8 +169,8 @@ class LearnerGroup(_Pool):
         self.cfg, self.device = cfg, device
         n = cfg.learner.num_ranks
         self.world_size = n
-        args = [(r, n, resolve_model(cfg.model, device), cfg.learner, cfg.algorithm, device, cfg.trainer.seed)
-                for r in range(len(layout.learner_bundles))]
+        args = [(r, n, resolve_model(cfg.model, device), cfg.learner, cfg.algorithm, device, cfg.trainer.seed,
+                 cfg.cluster.learner_cpu_affinity) for r in range(len(layout.learner_bundles))]
         self.group = ActorGroup(Learner, layout.learner_bundles, args, name="rl_vlm_learner",
                                 what="learner rank", policy=Fail())
         # Rank 0 hosts the rendezvous of the ranks' process group.

@@ -118,6 +118,8 @@ class _EngineKey:
     gpu_memory_utilization: float
     tensor_parallel_size: int
     torch_threads: int
+    cpu_affinity: tuple[int, ...]
+    """``cluster.rollout_cpu_affinity``: applied once, at actor start."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class _LearnerKey:
     layout: tuple[object, ...]
     device: str
     num_ranks: int
+    cpu_affinity: tuple[int, ...]
+    """``cluster.learner_cpu_affinity``: applied once, at actor start."""
 
 
 def _layout_key(layout: PoolLayout, pool: str) -> tuple[object, ...]:
@@ -156,9 +160,11 @@ class SharedPools:
         ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
         r = cfg.rollout
         engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
-                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads)
+                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads,
+                                cfg.cluster.rollout_cpu_affinity)
         needed = engine_max_model_len(cfg)
-        learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks)
+        learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks,
+                                  cfg.cluster.learner_cpu_affinity)
         collective = resolve_weight_sync(cfg.cluster.weight_sync, device) == "collective"
         reuse = (self._reusable and not collective and ray_key == self._ray and engine_key == self._engine_key
                  and learner_key == self._learner_key and self._rollout is not None

@@ -177,7 +177,7 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None, provider:
     write_resolved_config(cfg, run_dir)
     algorithm = build_algorithm(cfg.algorithm)
     sys_ = build_system(cfg, provider)
-    restored = restore_checkpoint(sys_, resume_from) if resume_from else Restored(0, {})
+    restored = restore_checkpoint(sys_, resume_from) if resume_from else Restored(0, None)
     start = restored.step
     tracker = Tracker(t, run_dir, to_dict(cfg), t.total_steps, start_step=start)
     skipped_rows = SkippedRowsLog(os.path.join(run_dir, SKIPPED_ROWS_FILE))

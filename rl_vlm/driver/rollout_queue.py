@@ -22,6 +22,7 @@ trains on the same samples (:mod:`rl_vlm.checkpoint.state`).
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,12 +32,12 @@ from rl_vlm.driver.rollout_phase import SampledGroups
 
 class RolloutQueue:
     def __init__(self, produce: Callable[[int], SampledGroups], max_staleness: int, last_step: int,
-                 restored: dict[int, SampledGroups] | None = None) -> None:
+                 restored: bytes | None = None) -> None:
         """``produce(step)``: draw, sample and score step ``step``'s batch on the engines' current
         weights; nothing is sampled for steps after ``last_step`` (the run's last).
-        ``restored``: batches a checkpoint saved (step -> batch), consumed first."""
+        ``restored``: what :meth:`pending` gave a checkpoint; its batches are consumed first."""
         self._produce, self.max_staleness, self.last_step = produce, max_staleness, last_step
-        self._ready: dict[int, SampledGroups] = dict(restored or {})
+        self._ready: dict[int, SampledGroups] = pickle.loads(restored) if restored else {}
         self._running: dict[int, Future[SampledGroups]] = {}
         self._next = max(self._ready, default=0) + 1
         """The first step with no batch yet (submitted or ready)."""
@@ -75,11 +76,11 @@ class RolloutQueue:
             self._ready[step] = self._running.pop(step).result()
         return time.perf_counter() - t0
 
-    def pending(self) -> dict[int, SampledGroups]:
-        """The sampled batches not yet trained on (step -> batch), after :meth:`drain`: what a
-        checkpoint saves."""
+    def pending(self) -> bytes | None:
+        """The sampled batches not yet trained on (step -> batch), after :meth:`drain`, serialized
+        for a checkpoint (None when there are none)."""
         self.drain()
-        return dict(self._ready)
+        return pickle.dumps(self._ready) if self._ready else None
 
     def close(self) -> None:
         """Stop after the batch being sampled, if any (batches not started are dropped)."""

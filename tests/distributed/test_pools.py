@@ -53,7 +53,8 @@ class FakeLearner:
 
 
 class FakeEngine:
-    def __init__(self, model_path: str, cfg: Any, seed: int, device: str, max_model_len: int) -> None:
+    def __init__(self, model_path: str, cfg: Any, seed: int, device: str, max_model_len: int,
+                 cpu_affinity: tuple[int, ...]) -> None:
         self.seed, self.loaded, self.max_model_len = seed, None, max_model_len
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_new_tokens: int,

@@ -165,7 +165,9 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
 def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path, data: tuple[Path, Path],
                                                            tmp_path: Path, shared_pools: SharedPools) -> None:
     run_dir = tmp_path / "faults"
-    cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.val_every=0"])
+    # One batch sampled ahead (trainer.max_staleness=1): the engine dies with step 3's requests in
+    # flight, and the learner's death restarts the run from step 2 with step 3's batch pending.
+    cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.val_every=0", "trainer.max_staleness=1"])
     events: list[str] = []
 
     def metrics_steps() -> list[int]:
@@ -190,6 +192,11 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
     t.join(timeout=5)
     assert events == ["rollout", "learner"]
     assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2, 3, 4], "every step exactly once"
+    trained = [json.loads(line) for line in (run_dir / "prompts.jsonl").open()]
+    assert [r["step"] for r in trained] == [1, 2, 3, 4]
+    uids = [u for r in trained for u in r["uids"]]
+    assert len(uids) == len(set(uids)) == 4 * 2, "every prompt trained exactly once"
+    assert [r["weight_version"] for r in trained] == [0, 0, 1, 2]
     store = CheckpointStore(str(run_dir))
     assert [Path(p).name for p in store.list()] == ["step_2", "step_4"]
     assert all(is_complete(p, deep=True) for p in store.list())

@@ -29,7 +29,7 @@ from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import SequenceBatch
 from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from rl_vlm.distributed.sharding import RankShard
-from rl_vlm.distributed.workers.identity import ActorIdentity
+from rl_vlm.distributed.workers.identity import ActorIdentity, pin_to_cpus
 from rl_vlm.distributed.workers.logprobs import (
     EntropyMode,
     final_hidden_states,
@@ -55,7 +55,11 @@ class Learner(ActorIdentity):
     """A ZeRO-3 rank. Construct, then call :meth:`init` on every rank at once (it rendezvouses)."""
 
     def __init__(self, rank: int, world_size: int, model_cfg: ModelConfig, learner_cfg: LearnerConfig,
-                 algorithm_cfg: AlgorithmConfig, device: str, seed: int) -> None:
+                 algorithm_cfg: AlgorithmConfig, device: str, seed: int, cpu_affinity: tuple[int, ...] = ()) -> None:
+        """``cpu_affinity``: ``cluster.learner_cpu_affinity``, the CPUs this process is pinned to on
+        CPU (empty = not pinned); kept by :meth:`reinit`."""
+        if device == "cpu":
+            pin_to_cpus(cpu_affinity, "cluster.learner_cpu_affinity")  # before torch starts its threads
         self.rank, self.world_size, self.device_kind = rank, world_size, device
         self._configure(model_cfg, learner_cfg, algorithm_cfg, seed)
 

@@ -17,7 +17,7 @@ import torch
 from rl_vlm import seeds
 from rl_vlm.batch import Prompt
 from rl_vlm.config import DataConfig, RolloutConfig
-from rl_vlm.distributed.workers.identity import ActorIdentity
+from rl_vlm.distributed.workers.identity import ActorIdentity, pin_to_cpus
 from rl_vlm.validation import resolve_enforce_eager, resolve_rollout_dtype
 
 if TYPE_CHECKING:
@@ -82,12 +82,15 @@ def engine_args(model_path: str, cfg: RolloutConfig, seed: int, device: str, max
 
 class RolloutEngine(ActorIdentity):
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, device: str,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, cpu_affinity: tuple[int, ...] = ()) -> None:
         """``max_model_len``: :func:`rl_vlm.validation.engine_max_model_len` of the run (the pool
         passes it); None = the dataclass defaults' prompt length + ``cfg.max_new_tokens`` (an
-        engine built alone, as in tests)."""
+        engine built alone, as in tests). ``cpu_affinity``: ``cluster.rollout_cpu_affinity``, the
+        CPUs this process is pinned to on CPU (empty = not pinned)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu":
+            # First: vLLM's CPU worker reads the affinity to place its memory and threads.
+            pin_to_cpus(cpu_affinity, "cluster.rollout_cpu_affinity")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
             # Before the engine exists: vLLM keeps the thread count it finds when OMP_NUM_THREADS is set.
             torch.set_num_threads(cfg.torch_threads)
