@@ -79,6 +79,26 @@ def test_logprobs_entropy_and_gradients_equal_the_full_logits(chunk: int, temper
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("positions", [0, 5, 18, 40])
+def test_a_fixed_number_of_head_calls_whatever_the_positions(positions: int) -> None:
+    """ZeRO-3 traces every LM-head module call and assumes all ranks make the same calls: with
+    ``num_chunks`` the head runs exactly that often (forward and checkpoint recompute alike) for
+    any number of response positions, and the values and gradients are unchanged."""
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(positions, 8, generator=g).requires_grad_(True)
+    targets = torch.randint(0, 50, (positions,), generator=g)
+    head = torch.nn.Linear(8, 50, bias=False)
+    calls: list[int] = []
+    head.register_forward_hook(lambda _m, args, _out: calls.append(int(args[0].shape[0])))
+    tok, _ = head_logprobs(hidden, targets, head, 1.0, chunk_size=6, num_chunks=3)
+    forward_calls = len(calls)
+    tok.sum().backward()
+    assert forward_calls == 3 and len(calls) == 6  # + one checkpoint recompute per chunk, empty or not
+    assert sum(calls[:3]) == positions
+    want = torch.log_softmax(head(hidden.detach()), -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(tok.detach(), want)
+
+
 def test_entropy_value_has_no_graph_and_leaves_the_gradient_to_the_logprobs() -> None:
     hidden, head, ids, mask, adv = _case(1)
     params = [hidden, head.weight]

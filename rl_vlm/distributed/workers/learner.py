@@ -14,6 +14,7 @@ the gradient of that sum.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import random
 from dataclasses import replace
@@ -233,7 +234,14 @@ class Learner(ActorIdentity):
         hidden = self._hidden(module, b)
         dev = hidden.device
         return sequence_logprobs(hidden, b.input_ids.to(dev), b.response_mask.to(dev), lm_head(module),
-                                 self._shard().temperature, self.cfg.logprob_chunk_size, entropy)
+                                 self._shard().temperature, self.cfg.logprob_chunk_size, entropy, self._head_calls())
+
+    def _head_calls(self) -> int:
+        """LM-head calls per micro-batch forward: the same on every rank and every micro-batch
+        (ZeRO-3 traces module calls; see :func:`~rl_vlm.distributed.workers.logprobs._chunked`),
+        enough chunks for a full micro-batch of the longest responses."""
+        capacity = self.cfg.micro_batch_size * max(self._shard().max_response_len, 1)
+        return max(math.ceil(capacity / self.cfg.logprob_chunk_size), 1)
 
     def _micro_batches(self, seq_idx: list[int]) -> list[list[int]]:
         m = self.cfg.micro_batch_size
@@ -281,12 +289,12 @@ class Learner(ActorIdentity):
                 dev, head, temperature = hidden_v.device, lm_head(self.engine), s.temperature
                 mask = b.response_mask.to(dev)
                 logp_v, _ = sequence_logprobs(hidden_v, b.input_ids.to(dev), mask, head, temperature,
-                                              self.cfg.logprob_chunk_size)
+                                              self.cfg.logprob_chunk_size, "none", self._head_calls())
                 self._responses(logp_v, micro, res["old_logprobs"])
                 if view.full_kl:
                     hidden = self._hidden(self.engine, self._collate(micro))
                     kl, kl_rev = sequence_view_kl(hidden, hidden_v, mask, head, temperature,
-                                                  self.cfg.logprob_chunk_size)
+                                                  self.cfg.logprob_chunk_size, self._head_calls())
                     self._responses(kl, micro, res["kl"])
                     self._responses(kl_rev, micro, res["kl_rev"])
             self._view_out[view.name] = res

@@ -26,6 +26,7 @@ reference (:func:`token_logprobs`, :func:`shifted_entropy`) on random tensors an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -103,22 +104,30 @@ def _head_logp(head: Head, hidden: torch.Tensor, temperature: float) -> torch.Te
 
 
 def _chunked(fn: Callable[..., tuple[torch.Tensor | None, ...]], tensors: tuple[torch.Tensor, ...],
-             chunk_size: int) -> list[torch.Tensor | None]:
+             chunk_size: int, num_chunks: int = 0) -> list[torch.Tensor | None]:
     """Run ``fn`` on ``chunk_size`` rows of every tensor at a time and concatenate each output
     along dim 0 (None outputs stay None). Under grad each call is checkpointed, so only the
-    chunk's inputs are kept for backward and its [chunk, V] intermediates are recomputed there."""
+    chunk's inputs are kept for backward and its [chunk, V] intermediates are recomputed there.
+
+    ``num_chunks`` > 0: exactly that many calls, the rows split evenly (at most ``chunk_size``
+    each while the rows fit ``num_chunks * chunk_size``), some possibly empty. Under ZeRO-3 every
+    call of the LM head is a module call that DeepSpeed traces, and its parameter prefetching
+    assumes every rank calls the same modules in the same order: a rank whose micro-batch has
+    more response positions must not call the head more often than the others (a collective
+    mismatch that hangs or aborts the ranks). 0: as many chunks as the rows need (at least one).
+    """
     if chunk_size < 1:
         raise ValueError(f"learner.logprob_chunk_size must be >= 1, got {chunk_size}")
     m = int(tensors[0].shape[0])
+    calls = num_chunks if num_chunks > 0 else max(math.ceil(m / chunk_size), 1)
+    rows = max(math.ceil(m / calls), 1)
     parts: list[tuple[torch.Tensor | None, ...]] = []
-    for start in range(0, m, chunk_size):
-        chunk = tuple(t[start: start + chunk_size] for t in tensors)
+    for k in range(calls):
+        chunk = tuple(t[k * rows: (k + 1) * rows] for t in tensors)
         if torch.is_grad_enabled():
             parts.append(checkpoint(fn, *chunk, use_reentrant=False))
         else:
             parts.append(fn(*chunk))
-    if not parts:  # no response position: still one call, for the output dtypes and devices
-        parts.append(fn(*(t[:0] for t in tensors)))
     outs: list[torch.Tensor | None] = []
     for k in range(len(parts[0])):
         col = [p[k] for p in parts]
@@ -127,7 +136,8 @@ def _chunked(fn: Callable[..., tuple[torch.Tensor | None, ...]], tensors: tuple[
 
 
 def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, temperature: float,
-                  chunk_size: int, entropy: EntropyMode = "none") -> tuple[torch.Tensor, torch.Tensor | None]:
+                  chunk_size: int, entropy: EntropyMode = "none",
+                  num_chunks: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each target token, and the entropy of its distribution, at M positions.
 
     Args:
@@ -137,6 +147,7 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, tempe
         temperature: the logits are divided by it (the rollout temperature).
         chunk_size: positions per chunk (``learner.logprob_chunk_size``).
         entropy: see :data:`EntropyMode`; ``value`` is computed without a graph.
+        num_chunks: > 0: exactly that many head calls whatever M (see :func:`_chunked`).
 
     Returns:
         ``[M]`` fp32 log-probs, and ``[M]`` fp32 entropies or None (``entropy="none"``).
@@ -152,13 +163,13 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Head, tempe
         # After the log-prob part, so a checkpoint's recompute stops before it (nothing saved here).
         return tok, _entropy_value(logp)
 
-    tok, ent = _chunked(fn, (hidden, targets), chunk_size)
+    tok, ent = _chunked(fn, (hidden, targets), chunk_size, num_chunks)
     assert tok is not None
     return tok, ent
 
 
 def head_kl(hidden_p: torch.Tensor, hidden_q: torch.Tensor, head: Head, temperature: float,
-            chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            chunk_size: int, num_chunks: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact KL(P ‖ Q) and KL(Q ‖ P) between the full next-token distributions at M positions,
     P from ``hidden_p`` and Q from ``hidden_q`` (both ``[M, H]``): the ``full_kl`` of an image
     view (:class:`~rl_vlm.algorithms.base.ViewSpec`), P with the sequence's own images, Q with the
@@ -169,14 +180,14 @@ def head_kl(hidden_p: torch.Tensor, hidden_q: torch.Tensor, head: Head, temperat
         diff = lp - lq
         return (lp.exp() * diff).sum(-1), -(lq.exp() * diff).sum(-1)
 
-    kl, kl_rev = _chunked(fn, (hidden_p, hidden_q), chunk_size)
+    kl, kl_rev = _chunked(fn, (hidden_p, hidden_q), chunk_size, num_chunks)
     assert kl is not None and kl_rev is not None
     return kl, kl_rev
 
 
 # ----------------------------------------------------------------------- [n, T] sequences
 def sequence_logprobs(hidden: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, head: Head,
-                      temperature: float, chunk_size: int, entropy: EntropyMode = "none"
+                      temperature: float, chunk_size: int, entropy: EntropyMode = "none", num_chunks: int = 0
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`head_logprobs` at the response tokens of a micro-batch.
 
@@ -184,23 +195,25 @@ def sequence_logprobs(hidden: torch.Tensor, input_ids: torch.Tensor, response_ma
         hidden: ``[n, T, H]`` final (normed) hidden states, e.g. :func:`final_hidden_states`.
         input_ids: ``[n, T]`` the tokens.
         response_mask: ``[n, T]``, 1 on response tokens.
-        head, temperature, chunk_size, entropy: as in :func:`head_logprobs`.
+        head, temperature, chunk_size, entropy, num_chunks: as in :func:`head_logprobs`.
 
     Returns:
         ``[n, T]`` log-probs and entropies (or None), input-aligned, 0 off the response: equal,
         on the response, to :func:`token_logprobs` / :func:`shifted_entropy` of the full logits.
     """
     where = predicting_positions(response_mask)
-    tok, ent = head_logprobs(hidden[:, :-1][where], input_ids[:, 1:][where], head, temperature, chunk_size, entropy)
+    tok, ent = head_logprobs(hidden[:, :-1][where], input_ids[:, 1:][where], head, temperature, chunk_size, entropy,
+                             num_chunks)
     return scatter_positions(tok, where), None if ent is None else scatter_positions(ent, where)
 
 
 def sequence_view_kl(hidden_p: torch.Tensor, hidden_q: torch.Tensor, response_mask: torch.Tensor, head: Head,
-                     temperature: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     temperature: float, chunk_size: int, num_chunks: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`head_kl` at the response tokens: ``[n, T, H]`` hidden states of the same tokens
     with two image views -> ``[n, T]`` KL(P ‖ Q) and KL(Q ‖ P), input-aligned, 0 off the response."""
     where = predicting_positions(response_mask)
-    kl, kl_rev = head_kl(hidden_p[:, :-1][where], hidden_q[:, :-1][where], head, temperature, chunk_size)
+    kl, kl_rev = head_kl(hidden_p[:, :-1][where], hidden_q[:, :-1][where], head, temperature, chunk_size,
+                         num_chunks)
     return scatter_positions(kl, where), scatter_positions(kl_rev, where)
 
 
