@@ -29,7 +29,9 @@ CASES = {
     "papo_vppo": ["algorithm=papo_vppo", "algorithm.papo.recompute_with_grad=true", "trainer.max_staleness=1",
                   "algorithm.rollout_correction.mode=tis"],
     # The EMA update every optimizer step, so that it runs within the test.
-    "care": ["algorithm=care", "algorithm.care.ema_update_every=1"],
+    # One step ahead too (all three cases run asynchronously; the synchronous loop is every other
+    # end-to-end test): the EMA reference and the consistency rewards on stale samples.
+    "care": ["algorithm=care", "algorithm.care.ema_update_every=1", "trainer.max_staleness=1"],
     # The paper's VOGUE: noisy-branch rollouts, full-distribution KL, per-sample branch choice.
     # One step ahead as well, sequence-level MIS: the noisy branch is sampled in the background.
     "vogue_paper": ["algorithm=vogue_paper", "trainer.max_staleness=1", "algorithm.rollout_correction.mode=mis",
@@ -64,14 +66,15 @@ def test_algorithm_runs_end_to_end(case: str, warm_model_dir: Path, small_data: 
     by_step = {r["step"]: r for r in read_metrics(str(run_dir))}
     assert sorted(by_step) == list(range(1, STEPS + 1))
     ahead = "trainer.max_staleness=1" in CASES[case]
+    corrected = any(o.startswith("algorithm.rollout_correction.mode=") for o in CASES[case])
     for s, r in by_step.items():
         assert r["sync/version_min"] == s
         # One step ahead: step 2 trains on the batch sampled with version 0, during step 1.
         assert r["rollout/staleness_max"] == (s - 1 if ahead else 0)
         _check(case, s, r)
-        if ahead:
-            assert 0 < r["rollout_corr/weight_mean"] and r["rollout_corr/kl"] > -1e-3
-            assert 0 <= r["rollout_corr/capped_frac"] <= 1
+        if corrected:
+            assert 0 < r["rollout_corr/weight_mean"] and 0 <= r["rollout_corr/capped_frac"] <= 1
+        assert r["rollout_corr/k3_kl"] >= 0  # logged whatever the mode
     assert max(r["actor/grad_norm"] for r in by_step.values()) > 0
 
 
