@@ -21,6 +21,7 @@ from rl_vlm.distributed.runtime import PoolLayout
 from rl_vlm.distributed.workers import learner as learner_mod
 from rl_vlm.distributed.workers import rollout as rollout_mod
 from rl_vlm.distributed.workers.identity import pin_to_cpus
+from tests.workers.fake_group import ActorGroupRecorder
 
 REPO = Path(__file__).resolve().parents[2]
 USABLE = sorted(os.sched_getaffinity(0))
@@ -95,22 +96,8 @@ def test_learner_pins_itself_on_cpu_only(monkeypatch: pytest.MonkeyPatch, device
     assert order == (["pin", "threads"] if pinned else ["threads"])
 
 
-class _Recorder:
-    """Stands in for ActorGroup: keeps the constructor arguments of every actor."""
-
-    def __init__(self, actor_cls: type, bundles: Any, args_per_actor: Any, **_: Any) -> None:
-        self.args = list(args_per_actor)
-        self.actors: list[Any] = []
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        return [0]
-
-    def call_each(self, method: str, args: Any) -> list[Any]:
-        return [("127.0.0.1", 1)]
-
-
 def test_pools_hand_every_actor_its_pool_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pools, "ActorGroup", _Recorder)
+    monkeypatch.setattr(pools, "ActorGroup", ActorGroupRecorder)
     cfg = compose(["cluster.rollout_cpu_affinity=[0]", "cluster.learner_cpu_affinity=[1]"])
     layout = PoolLayout([{"CPU": 1.0}] * 2, [{"CPU": 1.0}] * 2, "gloo")
     rollout = pools.RolloutGroup(cfg, layout, "cpu")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +18,7 @@ from rl_vlm.distributed import pools
 from rl_vlm.distributed.runtime import PoolLayout
 from rl_vlm.distributed.workers.rollout import MIN_BATCHED_TOKENS, engine_args
 from rl_vlm.validation import engine_max_model_len, resolve_enforce_eager
+from tests.workers.fake_group import ActorGroupRecorder
 
 HOOK = "rl_vlm.distributed.sync.engine_hook.WeightUpdateExtension"
 
@@ -81,22 +81,8 @@ def test_engine_length_is_prompt_plus_answer(overrides: list[str], want: int) ->
     assert engine_max_model_len(compose(overrides)) == want
 
 
-class _Recorder:
-    """Stands in for ActorGroup: keeps the constructor arguments of every actor."""
-
-    def __init__(self, actor_cls: type, bundles: Any, args_per_actor: Any, **_: Any) -> None:
-        self.args = list(args_per_actor)
-        self.actors: list[Any] = []
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        return [0]
-
-    def call_each(self, method: str, args: Any) -> list[Any]:
-        return [("127.0.0.1", 1)]
-
-
 def test_pools_pass_the_engine_length_and_the_resolved_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pools, "ActorGroup", _Recorder)
+    monkeypatch.setattr(pools, "ActorGroup", ActorGroupRecorder)
     cfg = compose(["model=qwen2_5_vl_7b"])
     layout = PoolLayout([{"CPU": 1.0}] * 2, [{"CPU": 1.0}], "gloo")
     rollout = pools.RolloutGroup(cfg, layout, "cpu")
