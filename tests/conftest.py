@@ -11,26 +11,6 @@ import pytest
 # Learner/rollout processes on a 2-core box: keep every process single-threaded by default.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The two xdist workers take whole files (``--dist loadfile --no-loadscope-reorder``, pyproject),
-# in this order: the longest first, so that neither worker is left with a long file at the end
-# (longest-processing-time-first; xdist's own order, by number of tests, puts these files last).
-# The ranking comes from ``--durations`` of full runs; only the order depends on it.
-LONGEST_FIRST = (
-    "e2e/test_checkpoint_e2e.py", "e2e/test_learning.py", "test_benchmarks_smoke.py", "e2e/test_multinode.py",
-    "e2e/test_algorithms_e2e.py", "e2e/test_train_e2e.py", "e2e/test_real_shape_e2e.py", "e2e/test_sweep.py",
-    "test_gpu_smoke.py", "distributed/test_group.py", "distributed/test_engine_sync.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tests_dir = Path(__file__).parent
-
-    def rank(item: pytest.Item) -> int:
-        rel = item.path.relative_to(tests_dir).as_posix() if item.path.is_relative_to(tests_dir) else ""
-        return LONGEST_FIRST.index(rel) if rel in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the rest keep their collection order
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
