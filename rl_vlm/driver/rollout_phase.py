@@ -184,4 +184,6 @@ def produce(system: Any, algorithm: Any, step: int) -> SampledGroups:
     timer = PhaseTimer()
     out = rollout_and_score(system, algorithm, step, timer)
     out.times = dict(timer.times)
+    # As of this batch's scoring: read later, it would count a batch sampled ahead of it.
+    out.metrics["reward/disabled"] = float(system.rewards.num_disabled)
     return out
