@@ -216,13 +216,13 @@ def summarize(rows: list[dict[str, Any]], warmup: int, cooldown: int) -> dict[st
     steady = rows[warmup: len(rows) - cooldown] or rows[-1:]
 
     def t(r: dict[str, Any], phase: str) -> float:
-        return float(r.get(f"time/{phase}_s", 0.0))
+        return float(r[f"time/{phase}_s"])
 
     step = [float(r["perf/step_s"]) for r in steady]
     rollout = [t(r, "rollout") for r in steady]
     learner = [sum(t(r, p) for p in LEARNER_PHASES) for r in steady]
-    stale_mean = [float(r["rollout/staleness_mean"]) for r in steady if "rollout/staleness_mean" in r]
-    stale_max = [float(r["rollout/staleness_max"]) for r in steady if "rollout/staleness_max" in r]
+    stale_mean = [float(r["rollout/staleness_mean"]) for r in steady]
+    stale_max = [float(r["rollout/staleness_max"]) for r in steady]
     phases = sorted({k for r in steady for k in r if k.startswith("time/")})
     return {
         "step_s": median(step), "rollout_s": median(rollout), "learner_s": median(learner),
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     from rl_vlm.distributed.provider import FreshPools, SharedPools
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="m60m,real_shape", help="bench_common.SIZES names and/or real_shape")
+    p.add_argument("--models", default="m60m,real_shape", help="comma-separated: tiny, m60m, real_shape")
     p.add_argument("--ks", default="0,1,2", help="trainer.max_staleness values; the first is the speed-up's base")
     p.add_argument("--steps", type=int, default=0, help="measured steps per run (0: the model's WORKLOADS entry)")
     p.add_argument("--prompts", type=int, default=0, help="prompts per step (0: the model's WORKLOADS entry)")
@@ -351,12 +351,15 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
         "settings": {"warmup": a.warmup, "ks": ks, "pinned": pinned, "rollout_cpus": a.rollout_cpus,
                      "learner_cpus": a.learner_cpus, "learner_ranks": a.learner_ranks if pinned else "default",
                      "lr": a.lr, "seed": a.seed, "fresh": a.fresh, "overrides": a.overrides}}
+    unknown = sorted(set(a.models.split(",")) - set(WORKLOADS))
+    if unknown:
+        p.error(f"--models {','.join(unknown)}: not one of {sorted(WORKLOADS)}")
     for name in a.models.split(","):
         if name == "real_shape":
             path, n_params = real_shape_model(out.parent / "models" / "real_shape")
         else:
             path, n_params = build_model(out.parent / "models" / name, name)
-        work = WORKLOADS.get(name, WORKLOADS["m60m"])
+        work = WORKLOADS[name]
         given = {f.name: getattr(a, f.name) for f in dataclasses.fields(Workload) if getattr(a, f.name)}
         work = dataclasses.replace(work, **given)
         entry: dict[str, Any] = {"parameters": n_params, "workload": dataclasses.asdict(work), "runs": {}}

@@ -47,6 +47,7 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import re
 import subprocess
@@ -198,7 +199,10 @@ def run_point(variant: str, T: int, a: argparse.Namespace) -> dict[str, Any]:
             return token_logprobs(logits, ids), shifted_entropy(logits)
         if variant == "after":
             hidden = final_hidden_states(model, **inputs)
-            return sequence_logprobs(hidden, ids, mask, lm_head(model), a.temperature, a.chunk_size, "value")
+            # The learner's rule: a fixed number of head calls for a micro-batch of full answers.
+            calls = math.ceil(n * answer / a.chunk_size)
+            return sequence_logprobs(hidden, ids, mask, lm_head(model), a.temperature, a.chunk_size, "value",
+                                     calls)
         if variant == "trl" and fused:
             labels = ids.masked_fill(mask == 0, -100)
             out = model(**inputs, labels=labels, fused_lm_head=True)  # [n, T - 1], aligned to labels[:, 1:]

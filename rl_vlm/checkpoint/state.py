@@ -64,8 +64,7 @@ class Restored:
     serialized by the driver's rollout queue (opaque here); None when there were none."""
 
 
-def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int,
-                    pending: bytes | None = None) -> str:
+def save_checkpoint(sys_: Resumable, store: CheckpointStore, step: int, pending: bytes | None) -> str:
     """Write the complete state after ``step`` atomically: learner shards (model, optimizer,
     scheduler, EMA, RNG) + driver state (step, sampler position, RNG, weight version, the
     ``pending`` batches sampled ahead of the update) + config.
@@ -99,4 +98,5 @@ def restore_checkpoint(sys_: Resumable, path: str) -> Restored:
     sys_.train_sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     sys_.rollout.load_weights(sys_.learner_pool.publish_weights(), state["weight_version"])
-    return Restored(int(state["step"]), state.get("pending"))
+    # Checkpoints written before rollout could run ahead hold no pending batches.
+    return Restored(int(state["step"]), state["pending"] if "pending" in state else None)

@@ -190,15 +190,13 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None, provider:
     try:
         if t.val_every and t.val_before_train and start == 0:
             tracker.log(0, run_validation(sys_))
-        if t.max_staleness:  # one stage (validated): enter it before sampling ahead
-            switch = sys_.curriculum.enter(start + 1)
-            if switch:
-                tracker.write(switch)
-        queue.fill(sys_.rollout.weight_version)
         for step in range(start + 1, t.total_steps + 1):
             switch = sys_.curriculum.enter(step)  # the stage's sampler and rewards
             if switch:
                 tracker.write(switch)
+            # Sample ahead (k >= 1; one stage only, validated) after the last step's validation and
+            # save: they used the engines and the sampler.
+            queue.fill(sys_.rollout.weight_version)
             if sys_.curriculum.stage.cfg.type == "sft":
                 metrics = sft_step(sys_, algorithm, step)
             else:
@@ -214,7 +212,6 @@ def _run(cfg: Config, store: CheckpointStore, resume_from: str | None, provider:
             if stop():
                 tracker.write(f"stopped by {stop.signal_name} after step {step}; relaunch the same command to resume")
                 break
-            queue.fill(sys_.rollout.weight_version)  # after validation and the save: they use the engines
         else:
             if t.save_final_model:
                 sys_.learner_pool.save_hf(os.path.join(run_dir, "final"))
