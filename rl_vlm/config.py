@@ -26,6 +26,26 @@ from rl_vlm.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the learners (PEFT): only the adapters are trained, checkpointed and
+    synced to the engines; the base weights stay frozen (docs/cluster.md, "LoRA")."""
+
+    rank: int = 0
+    """Adapter rank r; 0 = no LoRA (full fine-tuning)."""
+    alpha: int = 16
+    """Scale numerator: the update is (alpha / rank) * B A (verl's default 16)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during the update (0: the learner's log-probs equal the engine's)."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Names of the linear layers that get an adapter, matched on the last name component,
+    inside the language model (and, with ``vision_tower``, the ViT's blocks)."""
+    vision_tower: bool = False
+    """Adapters in the vision tower too (its ``attn.qkv``, ``attn.proj`` and MLP layers whose name is
+    in ``target_modules``). Off by default, as in EasyR1; see docs/cluster.md for how the engine
+    then takes the adapter."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "artifacts/tiny-qwen2.5-vl"
     """Local directory or hub id of a Qwen2.5-VL checkpoint (weights, config, processor)."""
@@ -49,6 +69,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (GPU runs of 3B/7B); costs about
     a third more learner compute."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,11 @@ class RolloutConfig:
     fp32 CPU learner); must be ``float32`` on CPU."""
     kv_cache_gib: float = 1.0
     """KV cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
+    sleep_level: int = 1
+    """Colocated GPU pools (``cluster.colocate``): what each engine frees while the learners
+    update (vLLM sleep mode). 1 = the KV cache is dropped and the weights are moved to host
+    memory, back on wake-up; 2 = both are dropped and the next weight sync reloads the weights
+    (less host memory; a full sync only, so not with ``model.lora``)."""
     torch_threads: int = 1
     """Intra-op threads of each vLLM engine on CPU. The loop runs rollout and update one after
     the other, so an engine may take the cores the learners use during the update (on the 2-core
@@ -339,10 +365,14 @@ class ClusterConfig:
     num_nodes: int = 1
     """GPU layout only: nodes in the Ray cluster that the pools may use."""
     colocate: bool = False
-    """GPU only: rollout engines and learner ranks share the same GPUs (vLLM sleeps during the
-    update), so ``rollout.num_engines * rollout.tensor_parallel_size`` must equal
-    ``learner.num_ranks``. The placement is planned and validated (:mod:`rl_vlm.distributed.placement`); the
-    actor groups do not run it yet, so ``validate`` refuses it."""
+    """Rollout engines and learner ranks share the same devices and take turns: engine k and
+    learner rank(s) k*tp .. k*tp+tp-1 sit in the same placement-group bundles, so
+    ``rollout.num_engines * rollout.tensor_parallel_size`` must equal ``learner.num_ranks``
+    (:mod:`rl_vlm.distributed.placement`). On GPU the engines sleep while the learners work
+    (``rollout.sleep_level``) and the layout must fit ``gpu_memory_gib`` (checked at validation);
+    on CPU the two pools share the bundles' cores. Needs ``trainer.max_staleness=0``."""
+    gpu_memory_gib: float = 80.0
+    """Memory of one GPU, for the fits-in-memory check of colocated layouts (docs/cluster.md)."""
     rollout_resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources in every rollout bundle, e.g. ``{rollout_node: 1}`` with a custom
     resource that only some nodes advertise (``ray start --resources``): pins the pool to them."""

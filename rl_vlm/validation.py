@@ -102,6 +102,11 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
              f"{a.rollout_correction.mode!r} needs learner.old_logprobs=recompute: with 'rollout' the proximal "
              f"policy is the behaviour policy and every weight is 1")
     m = cfg.model
+    _require(r.sleep_level in (1, 2), "rollout.sleep_level", f"must be 1 or 2, got {r.sleep_level}")
+    _require(not c.colocate or t.max_staleness == 0, "trainer.max_staleness",
+             f"{t.max_staleness} needs the engines to sample while the learners update, but colocated pools "
+             f"(cluster.colocate) take turns on the same devices; use 0")
+    _validate_lora(cfg)
     _require(not lc.offload_params or lc.zero_stage == 3, "learner.offload_params",
              f"parameter offload needs learner.zero_stage=3, got {lc.zero_stage}")
     _require(not lc.offload_optimizer or lc.zero_stage >= 1, "learner.offload_optimizer",
@@ -115,9 +120,17 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         plan_gpus(num_nodes=c.num_nodes, gpus_per_node=c.gpus_per_node, num_engines=r.num_engines,
                   tensor_parallel_size=r.tensor_parallel_size, num_ranks=lc.num_ranks, colocate=c.colocate,
                   rollout_cpus_per_engine=c.rollout_cpus_per_engine, learner_cpus_per_rank=c.learner_cpus_per_rank)
-        _require(not c.colocate, "cluster.colocate",
-                 "the colocated layout is valid, but the actor groups do not run it yet (vLLM sleep/wake "
-                 "is not wired); use cluster.colocate=false")
+        if c.colocate:
+            # An engine actor sees only its own bundle's GPU; a TP group would need tp of them.
+            _require(r.tensor_parallel_size == 1, "rollout.tensor_parallel_size",
+                     f"colocated engines run TP 1 (an engine shares one GPU with one learner rank), got "
+                     f"{r.tensor_parallel_size}; use rollout.num_engines=learner.num_ranks={lc.num_ranks}")
+            _require(c.weight_sync != "collective", "cluster.weight_sync",
+                     "'collective' cannot run colocated (NCCL refuses two members of one group on the same GPU); "
+                     "use auto or object_store")
+            _require(not (m.lora.rank and r.sleep_level == 2), "rollout.sleep_level",
+                     "2 drops the engines' base weights, but a LoRA sync sends only the adapter; use 1")
+            _check_colocated_memory(cfg)
         _require(m.attn_implementation != "flash_attention_2" or m.dtype == "bfloat16", "model.attn_implementation",
                  f"flash_attention_2 needs model.dtype=bfloat16 (no fp32 kernels), got {m.dtype}")
     else:
@@ -128,7 +141,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
                  f"{m.dtype} is not supported on CPU (the CPU path is built and measured in float32); use float32")
         _require(r.dtype in ("auto", "float32"), "rollout.dtype",
                  f"{r.dtype} is not supported on CPU (the engine must match the float32 learner); use auto or float32")
-        _require(not c.colocate, "cluster.colocate", "needs GPUs (vLLM sleep/wake); CPU pools are always split")
+        _require(not c.colocate or r.num_engines == lc.num_ranks, "rollout.num_engines",
+                 f"colocated pools put engine k beside learner rank k: rollout.num_engines={r.num_engines} "
+                 f"must equal learner.num_ranks={lc.num_ranks}")
     if c.address == "local" and c.num_cpus:
         need = r.num_engines * c.rollout_cpus_per_engine + lc.num_ranks * c.learner_cpus_per_rank
         _require(need <= c.num_cpus, "cluster.num_cpus",
@@ -314,6 +329,32 @@ def wandb_credentials() -> bool:
     except (OSError, netrc.NetrcParseError):
         return False
     return entry is not None and bool(entry[2])
+
+
+def _validate_lora(cfg: Config) -> None:
+    from rl_vlm.models.lora import VLLM_LORA_RANKS
+
+    lora = cfg.model.lora
+    _require(0 <= lora.rank <= VLLM_LORA_RANKS[-1], "model.lora.rank",
+             f"must be 0 (off) .. {VLLM_LORA_RANKS[-1]} (vLLM's largest LoRA rank), got {lora.rank}")
+    if not lora.rank:
+        return
+    _require(lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {lora.alpha}")
+    _require(0 <= lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    _require(len(lora.target_modules) > 0, "model.lora.target_modules", "name at least one linear layer")
+    _require(cfg.cluster.weight_sync != "collective", "cluster.weight_sync",
+             "a LoRA run syncs only the adapter, through the object store; use auto or object_store")
+
+
+def _check_colocated_memory(cfg: Config) -> None:
+    """The colocated layout must fit ``cluster.gpu_memory_gib`` (:mod:`rl_vlm.distributed.memory`);
+    models whose shape is unknown here (not a local directory, not a listed hub id) are not checked."""
+    from rl_vlm.algorithms import build_algorithm
+    from rl_vlm.distributed.memory import check_colocated_fits, model_shape
+
+    shape = model_shape(cfg.model.path)
+    if shape is not None:
+        check_colocated_fits(cfg, shape, needs_reference=build_algorithm(cfg.algorithm).needs_reference)
 
 
 def resolve_device(device: str) -> str:

@@ -84,11 +84,13 @@ class ActorGroup:
     rendezvous, first) and not awaited: an actor's first method call waits for its constructor.
     ``what`` names one actor in logs and errors (``rollout engine``, ``learner rank``).
     ``policy`` may be replaced later (the rollout pool switches to :class:`Fail` once its
-    engines are in a weight-sync group)."""
+    engines are in a weight-sync group). ``pg``: an existing placement group with these bundles
+    (colocated pools: two groups share one) instead of a new one; ``share``: the fraction of
+    each bundle's CPUs and GPUs one actor asks for (0.5 when two actors share a bundle)."""
 
     def __init__(self, actor_cls: type, bundles: Sequence[Mapping[str, float]],
                  args_per_actor: Sequence[tuple[Any, ...]], *, name: str, what: str,
-                 policy: FailurePolicy) -> None:
+                 policy: FailurePolicy, pg: Any = None, share: float = 1.0) -> None:
         import ray
 
         if len(args_per_actor) != len(bundles):
@@ -96,7 +98,8 @@ class ActorGroup:
         self.name, self.what, self.policy = name, what, policy
         self._bundles = [dict(b) for b in bundles]
         self._args = [tuple(a) for a in args_per_actor]
-        self.pg = create_placement_group(self._bundles, name)
+        self.pg = pg if pg is not None else create_placement_group(self._bundles, name)
+        self._share = share
         self._actor_cls: Any = ray.remote(actor_cls)  # Ray's ActorClass, untyped like its handles
         self.actors: list[ActorHandle] = [self._start(i) for i in range(len(self._bundles))]
         self.restarts = 0
@@ -107,7 +110,7 @@ class ActorGroup:
 
     def _start(self, i: int) -> ActorHandle:
         b = self._bundles[i]
-        return self._actor_cls.options(num_cpus=b.get("CPU", 1), num_gpus=b.get("GPU", 0),
+        return self._actor_cls.options(num_cpus=b.get("CPU", 1) * self._share, num_gpus=b.get("GPU", 0) * self._share,
                                        scheduling_strategy=bundle_strategy(self.pg, i)).remote(*self._args[i])
 
     def call(self, method: str, *args: Any) -> list[Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from rl_vlm.distributed.sync.adapter import AdapterWeights
 from rl_vlm.distributed.sync.collective import CollectiveSync
 
 if TYPE_CHECKING:
@@ -28,9 +29,10 @@ would import Ray into the driver's types, hence ``Any`` under a name."""
 WeightRefs = list[list[ObjectRef]]
 """Object-store weight sync: ``refs[b][r]`` is learner rank r's part of bucket b."""
 
-PublishedWeights = WeightRefs | CollectiveSync
+PublishedWeights = WeightRefs | CollectiveSync | AdapterWeights
 """What :meth:`LearnerPool.publish_weights` returns and :meth:`RolloutPool.load_weights` takes:
-the buckets in the object store, or a collective broadcast in flight."""
+the buckets in the object store, a collective broadcast in flight, or (``model.lora``) the
+adapter alone."""
 
 LogprobModel = Literal["policy", "reference", "ema"]
 """Whose log-probs :meth:`LearnerPool.compute_logprobs` computes: the policy being trained, the
@@ -56,7 +58,13 @@ class RolloutPool(Protocol):
         ...
 
     def load_weights(self, refs: PublishedWeights, version: int) -> list[int]:
-        """Every engine loads the published weights as ``version``; returns each engine's version."""
+        """Every engine loads the published weights as ``version`` (waking first if asleep);
+        returns each engine's version."""
+        ...
+
+    def sleep(self) -> None:
+        """Colocated pools: free the engines' device memory for the learners' turn, until the
+        next :meth:`load_weights`."""
         ...
 
 

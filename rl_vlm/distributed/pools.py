@@ -36,6 +36,7 @@ from rl_vlm.distributed.sharding import (
     sft_num_tokens,
     shard_step,
 )
+from rl_vlm.distributed.sync.adapter import AdapterWeights
 from rl_vlm.distributed.sync.collective import CollectiveSync
 from rl_vlm.validation import engine_max_model_len, resolve_model
 
@@ -76,21 +77,28 @@ class RolloutGroup(_Pool):
     :class:`WorkerFailure` instead.
     """
 
-    def __init__(self, cfg: Config, layout: PoolLayout, device: str, max_model_len: int | None = None) -> None:
+    def __init__(self, cfg: Config, layout: PoolLayout, device: str, max_model_len: int | None = None,
+                 pg: Any = None) -> None:
         """``max_model_len``: the engines' length limit (default: the run's own,
-        :func:`~rl_vlm.validation.engine_max_model_len`; a shared system starts longer ones)."""
+        :func:`~rl_vlm.validation.engine_max_model_len`; a shared system starts longer ones).
+        ``pg``: the placement group shared with the learners (colocated pools); None = its own."""
         from rl_vlm.distributed.workers.rollout import RolloutEngine
 
         self.max_model_len = max_model_len or engine_max_model_len(cfg)
         self.cfg = cfg.rollout
         self.weight_version = 0
         self._refs: WeightRefs = []
+        self._adapter: AdapterWeights | None = None
+        """The last adapter loaded (LoRA), for a restarted engine to catch up."""
         self._collective = False
         self._restart_policy = Restart(reinit=self._catch_up)
+        self._asleep = False
         args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device, self.max_model_len,
-                 cfg.cluster.rollout_cpu_affinity) for i in range(len(layout.rollout_bundles))]
+                 cfg.cluster.rollout_cpu_affinity, cfg.model.lora, layout.colocate)
+                for i in range(len(layout.rollout_bundles))]
         self.group = ActorGroup(RolloutEngine, layout.rollout_bundles, args, name="rl_vlm_rollout",
-                                what="rollout engine", policy=self._restart_policy)
+                                what="rollout engine", policy=self._restart_policy, pg=pg,
+                                share=layout.share)
 
     def reconfigure(self, cfg: Config) -> None:
         """Re-point the engines at another run whose engine settings are the same (the caller
@@ -99,6 +107,7 @@ class RolloutGroup(_Pool):
         self.cfg = cfg.rollout
         self.weight_version = 0
         self._refs = []
+        self._adapter = None
         self.group.restarts = 0  # ``rollout/restarts`` counts this run's
 
     @property
@@ -121,7 +130,9 @@ class RolloutGroup(_Pool):
         """A restarted engine loads the weights its peers hold (the last published buckets)."""
         import ray
 
-        if self._refs:
+        if self._adapter is not None:
+            ray.get(actor.load_adapter.remote(self._adapter, self.weight_version))
+        elif self._refs:
             ray.get(actor.load_buckets.remote(self._refs, self.weight_version))
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float,
@@ -137,8 +148,27 @@ class RolloutGroup(_Pool):
             rollout_logprobs=[s.logprobs for s in samples], response_texts=[s.text for s in samples],
             truncated=[s.truncated for s in samples], weight_version=self.weight_version)
 
+    def sleep(self) -> None:
+        """Colocated pools: every engine frees its device memory until the next weight sync
+        (:meth:`RolloutEngine.sleep`)."""
+        self.group.call("sleep")
+        self._asleep = True
+
     def load_weights(self, refs: PublishedWeights, version: int) -> list[int]:
-        """Every engine loads the buckets; returns the version each engine reports."""
+        """Every engine loads the weights (waking first if asleep: weights, load, then the KV
+        cache); returns the version each engine reports."""
+        if not self._asleep:
+            return self._load(refs, version)
+        self.group.call("wake", ["weights"])
+        versions = self._load(refs, version)
+        self.group.call("wake", ["kv_cache"])
+        self._asleep = False
+        return versions
+
+    def _load(self, refs: PublishedWeights, version: int) -> list[int]:
+        if isinstance(refs, AdapterWeights):
+            self._adapter, self.weight_version = refs, version
+            return self.group.call("load_adapter", refs, version)
         if isinstance(refs, CollectiveSync):  # learner rank 0 is broadcasting: receive alongside
             self.weight_version = version
             versions = self.group.call("receive_weights", version)
@@ -163,7 +193,8 @@ class LearnerGroup(_Pool):
     """``learner.num_ranks`` DeepSpeed ZeRO-3 ranks forming one process group; a dead rank is a
     :class:`WorkerFailure` (the others would hang in the next collective)."""
 
-    def __init__(self, cfg: Config, layout: PoolLayout, device: str) -> None:
+    def __init__(self, cfg: Config, layout: PoolLayout, device: str, pg: Any = None) -> None:
+        """``pg``: the placement group shared with the engines (colocated pools); None = its own."""
         from rl_vlm.distributed.workers.learner import Learner
 
         self.cfg, self.device = cfg, device
@@ -172,7 +203,7 @@ class LearnerGroup(_Pool):
         args = [(r, n, resolve_model(cfg.model, device), cfg.learner, cfg.algorithm, device, cfg.trainer.seed,
                  cfg.cluster.learner_cpu_affinity) for r in range(len(layout.learner_bundles))]
         self.group = ActorGroup(Learner, layout.learner_bundles, args, name="rl_vlm_learner",
-                                what="learner rank", policy=Fail())
+                                what="learner rank", policy=Fail(), pg=pg, share=layout.share)
         # Rank 0 hosts the rendezvous of the ranks' process group.
         addr, port = self.group.call_each("free_address", {0: ()})[0]
         self.num_params: int = self.group.call("init", addr, port, _accumulation_steps(cfg))[0]
@@ -252,6 +283,9 @@ class LearnerGroup(_Pool):
         """Object store: ``refs[b][r]`` = learner rank r's part of bucket b (one part per bucket
         below ZeRO-3), for the engines' :func:`fetch_buckets`. Collective: the ranks' pending
         gather-and-broadcast calls, which :meth:`RolloutGroup.load_weights` receives and awaits."""
+        if self.cfg.model.lora.rank:  # the adapter alone, from rank 0 (every rank gathers)
+            adapter: AdapterWeights = self.group.call("publish_adapter")[0]
+            return adapter
         if self.collective:
             return CollectiveSync(self.group.submit("broadcast_weights"))
         bucket_bytes = self.cfg.cluster.weight_sync_bucket_mb << 20

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rl_vlm.distributed.interfaces import Pools
-from rl_vlm.distributed.runtime import PoolLayout, local_cpus, pool_layout, start_ray
+from rl_vlm.distributed.runtime import (
+    PoolLayout,
+    create_placement_group,
+    local_cpus,
+    pool_layout,
+    start_ray,
+)
 from rl_vlm.distributed.sync.plan import resolve_weight_sync
 from rl_vlm.validation import engine_max_model_len, model_max_length, resolve_device
 
@@ -40,8 +46,10 @@ def _start(cfg: Config, with_learners: bool,
     device = resolve_device(cfg.cluster.device)
     layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
     start_ray(cfg, layout)
-    rollout = RolloutGroup(cfg, layout, device, max_model_len)
-    learners = LearnerGroup(cfg, layout, device) if with_learners else None
+    # Colocated pools: one placement group, engine k and learner rank k in its bundle k.
+    pg = create_placement_group(layout.learner_bundles, "rl_vlm_colocated") if layout.colocate else None
+    rollout = RolloutGroup(cfg, layout, device, max_model_len, pg=pg)
+    learners = LearnerGroup(cfg, layout, device, pg=pg) if with_learners else None
     if learners is not None:
         connect_weight_sync(rollout, learners, device)
     return rollout, learners
@@ -120,6 +128,9 @@ class _EngineKey:
     torch_threads: int
     cpu_affinity: tuple[int, ...]
     """``cluster.rollout_cpu_affinity``: applied once, at actor start."""
+    lora: tuple[int, bool]
+    """vLLM's ``max_lora_rank`` (0 = no LoRA) and tower LoRA: the engine's LoRA slots."""
+    sleep_level: int
 
 
 @dataclass(frozen=True)
@@ -133,9 +144,16 @@ class _LearnerKey:
     """``cluster.learner_cpu_affinity``: applied once, at actor start."""
 
 
+def _lora_key(cfg: Config) -> tuple[int, bool]:
+    from rl_vlm.models.lora import engine_max_lora_rank
+
+    lora = cfg.model.lora
+    return (engine_max_lora_rank(lora.rank), lora.vision_tower) if lora.rank else (0, False)
+
+
 def _layout_key(layout: PoolLayout, pool: str) -> tuple[object, ...]:
     bundles = layout.rollout_bundles if pool == "rollout" else layout.learner_bundles
-    return tuple(tuple(sorted(b.items())) for b in bundles)
+    return (layout.colocate, *(tuple(sorted(b.items())) for b in bundles))
 
 
 class SharedPools:
@@ -161,11 +179,12 @@ class SharedPools:
         r = cfg.rollout
         engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
                                 r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads,
-                                cfg.cluster.rollout_cpu_affinity)
+                                cfg.cluster.rollout_cpu_affinity, _lora_key(cfg), r.sleep_level)
         needed = engine_max_model_len(cfg)
         learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks,
                                   cfg.cluster.learner_cpu_affinity)
-        collective = resolve_weight_sync(cfg.cluster.weight_sync, device) == "collective"
+        collective = resolve_weight_sync(cfg.cluster.weight_sync, device, cfg.cluster.colocate,
+                                         bool(cfg.model.lora.rank)) == "collective"
         reuse = (self._reusable and not collective and ray_key == self._ray and engine_key == self._engine_key
                  and learner_key == self._learner_key and self._rollout is not None
                  and self._rollout.max_model_len >= needed and _ray_running())

@@ -4,6 +4,7 @@ how an actor is pinned to one."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,12 @@ class PoolLayout:
     placement: GpuPlacement | None = None
     """GPU only: the node / bundle / GPU of every engine's TP group and every learner rank
     (:func:`rl_vlm.distributed.placement.plan_gpus`); None on CPU."""
+    colocate: bool = False
+    """``cluster.colocate``: the two bundle lists are the same bundles, held by one placement
+    group that both pools' actors share (engine k and learner rank k in bundle k)."""
+    share: float = 1.0
+    """The fraction of its bundle's CPUs and GPUs each actor asks Ray for: 1 split, 0.5 when an
+    engine and a rank share the bundle."""
 
 
 def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: LearnerConfig, device: str) -> PoolLayout:
@@ -72,10 +79,19 @@ def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: Learner
                          rollout_cpus_per_engine=cluster.rollout_cpus_per_engine,
                          learner_cpus_per_rank=cluster.learner_cpus_per_rank)
         if plan.colocate:
-            raise ConfigError("cluster.colocate: the actor groups do not place colocated pools yet")
+            # One {"GPU": 1} bundle per GPU, in rank order; engine k (tp 1, validated) sits on rank k's.
+            shared = [{**b, **cluster.rollout_resources, **cluster.learner_resources}
+                      for node in plan.node_bundles for b in node]
+            return PoolLayout(shared, shared, "nccl", plan, colocate=True, share=plan.gpu_fraction)
         rb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.rollout_resources} for s in plan.engines]
         lb = [{**plan.node_bundles[s.node][s.bundles[0]], **cluster.learner_resources} for s in plan.ranks]
         return PoolLayout(rb, lb, "nccl", plan)
+    if cluster.colocate:
+        # The pools take turns, so a shared bundle holds the larger of their CPU counts.
+        cpus = float(max(cluster.rollout_cpus_per_engine, cluster.learner_cpus_per_rank))
+        shared = [{"CPU": cpus, **cluster.rollout_resources, **cluster.learner_resources}
+                  for _ in range(learner.num_ranks)]
+        return PoolLayout(shared, shared, "gloo", colocate=True, share=0.5)
     rb = [{"CPU": float(cluster.rollout_cpus_per_engine), **cluster.rollout_resources}
           for _ in range(rollout.num_engines)]
     lb = [{"CPU": float(cluster.learner_cpus_per_rank), **cluster.learner_resources} for _ in range(learner.num_ranks)]
@@ -84,7 +100,8 @@ def pool_layout(cluster: ClusterConfig, rollout: RolloutConfig, learner: Learner
 
 def local_cpus(cfg: Config, layout: PoolLayout) -> int:
     """CPUs of the private local Ray instance: ``cluster.num_cpus``, or what the bundles need."""
-    return cfg.cluster.num_cpus or int(sum(b.get("CPU", 0) for b in layout.rollout_bundles + layout.learner_bundles))
+    bundles = layout.learner_bundles if layout.colocate else layout.rollout_bundles + layout.learner_bundles
+    return cfg.cluster.num_cpus or math.ceil(sum(b.get("CPU", 0) for b in bundles))
 
 
 def start_ray(cfg: Config, layout: PoolLayout) -> None:
@@ -116,7 +133,8 @@ def start_ray(cfg: Config, layout: PoolLayout) -> None:
 def check_cluster_gpus(layout: PoolLayout, resources: dict[str, float]) -> None:
     """Refuse GPU pools that the Ray cluster cannot hold, as one ConfigError, before a placement
     group waits 120 s for GPUs that never come (``resources``: ``ray.cluster_resources()``)."""
-    need = sum(b.get("GPU", 0) for b in layout.rollout_bundles + layout.learner_bundles)
+    bundles = layout.learner_bundles if layout.colocate else layout.rollout_bundles + layout.learner_bundles
+    need = sum(b.get("GPU", 0) for b in bundles)
     have = resources.get("GPU", 0)
     if need > have:
         raise ConfigError(f"cluster.device: the pools need {need:g} GPUs but the Ray cluster has {have:g} "

@@ -68,6 +68,9 @@ def train_step(sys_: System, algorithm: Algorithm, step: int,
     timer.times.update(sampled.times)
     timer.times["time/rollout_wait_s"] = waited
     prompts, rollout, scored = sampled.prompts, sampled.rollout, sampled.scored
+    if cfg.cluster.colocate:  # the learners' turn on the shared devices, until the weight sync
+        with timer("sleep"):
+            sys_.rollout.sleep()
     with timer("old_logprob"):
         batch = learner_batch(rollout, algorithm, len(prompts), seed, step)
         shape = StepShape(mini_batch_size=cfg.learner.mini_batch_size, group_size=G,

@@ -49,6 +49,9 @@ def sft_step(sys_: System, algorithm: Algorithm, step: int) -> dict[str, float]:
     keep = [i for i in range(len(rollout.response_ids))
             if acc[i].item() >= stage.cfg.sft_threshold and rollout.response_ids[i]]
     actor: dict[str, float] = {}
+    if cfg.cluster.colocate:  # the learners' turn on the shared devices, until the weight sync
+        with timer("sleep"):
+            sys_.rollout.sleep()
     with timer("update"):
         if keep:
             batch, weights = sft_batch(rollout, keep, cfg.learner.mini_batch_size * G)

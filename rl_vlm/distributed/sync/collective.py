@@ -35,7 +35,8 @@ def connect_weight_sync(rollout: RolloutGroup, learners: LearnerGroup, device: s
     from rl_vlm.distributed.sync.plan import resolve_weight_sync, sync_backend
 
     cfg = learners.cfg
-    mode = resolve_weight_sync(cfg.cluster.weight_sync, device)
+    mode = resolve_weight_sync(cfg.cluster.weight_sync, device, cfg.cluster.colocate,
+                               bool(cfg.model.lora.rank))
     if mode != "collective":
         return mode
     tp, backend = cfg.rollout.tensor_parallel_size if device == "gpu" else 1, sync_backend(device)

@@ -34,11 +34,14 @@ ALIGN = 16
 STORE_PREFIX = "rl_vlm_weight_sync"
 
 
-def resolve_weight_sync(mode: str, device: str) -> Literal["object_store", "collective"]:
-    """``cluster.weight_sync`` for the resolved device: ``auto`` = collective on GPU, object store
-    on CPU; an explicit choice is kept."""
+def resolve_weight_sync(mode: str, device: str, colocate: bool = False,
+                        lora: bool = False) -> Literal["object_store", "collective"]:
+    """``cluster.weight_sync`` for the resolved device: ``auto`` = collective on GPU with split
+    pools and full weights; the object store on CPU, with colocated pools (NCCL refuses two
+    members of one group on the same GPU) and for a LoRA adapter (a few MiB, put once: no
+    group to keep); an explicit choice is kept (validation refuses the impossible ones)."""
     if mode == "auto":
-        return "collective" if device == "gpu" else "object_store"
+        return "collective" if device == "gpu" and not colocate and not lora else "object_store"
     if mode == "object_store":
         return "object_store"
     if mode == "collective":

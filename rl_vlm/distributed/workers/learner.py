@@ -13,10 +13,12 @@ the gradient of that sum.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +32,7 @@ from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import SequenceBatch
 from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from rl_vlm.distributed.sharding import RankShard
+from rl_vlm.distributed.sync.adapter import AdapterWeights
 from rl_vlm.distributed.workers.identity import ActorIdentity, pin_to_cpus
 from rl_vlm.distributed.workers.logprobs import (
     EntropyMode,
@@ -44,6 +47,16 @@ from rl_vlm.distributed.workers.logprobs import token_logprobs as token_logprobs
 def _partition(p: torch.nn.Parameter) -> torch.Tensor:
     """The part of ``p`` this rank holds: its ZeRO-3 partition, or the whole tensor below stage 3."""
     return p.ds_tensor.data if hasattr(p, "ds_tensor") else p.data
+
+
+def _refresh_persistent(params: list[torch.nn.Parameter]) -> None:
+    """Re-gather the ZeRO-3 *persistent* parameters among ``params`` after their partitions were
+    written outside the optimizer (collective: every rank must call). DeepSpeed keeps parameters
+    below ``stage3_param_persistence_threshold`` gathered for good and re-gathers them only after
+    its own optimizer step, so a forward would otherwise still read their old full tensors."""
+    persistent = [p for p in params if getattr(p, "ds_persist", False)]
+    if persistent:
+        persistent[0].all_gather(persistent)  # type: ignore[attr-defined]
 
 
 def seed_everything(seed: int) -> None:
@@ -73,6 +86,8 @@ class Learner(ActorIdentity):
         self.shard: RankShard | None = None
         self._pixels: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.optimizer_steps = 0
+        self._ema_adapter: list[torch.Tensor] | None = None
+        """LoRA with an EMA reference: this rank's partitions of the EMA of every adapter tensor."""
 
     def reinit(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algorithm_cfg: AlgorithmConfig,
                seed: int, gas: int) -> int:
@@ -126,13 +141,22 @@ class Learner(ActorIdentity):
         if self.model_cfg.freeze_vision_tower:
             for p in model.model.visual.parameters():
                 p.requires_grad_(False)
+        model.config.use_cache = False
+        lora = self.model_cfg.lora
+        policy: torch.nn.Module = model
+        if lora.rank:
+            from rl_vlm.models.lora import wrap_policy
+
+            policy = wrap_policy(model, lora, self.model_cfg.path)
         if self.model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+            if lora.rank:  # frozen embeddings: the checkpointed blocks' inputs need a grad path
+                model.enable_input_require_grads()
+        params = [p for p in policy.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=params, config=ds_config)
         # Frozen copies for the KL reference and the EMA reference (GRPO-CARE), ZeRO-3 sharded
-        # like the policy but without optimizer state.
+        # like the policy but without optimizer state. With LoRA neither is a second model: the
+        # reference is the base with the adapter off, the EMA one an EMA of the adapter alone.
         frozen_config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
 
         def frozen_copy() -> Any:
@@ -142,11 +166,24 @@ class Learner(ActorIdentity):
             engine.eval()
             return engine
 
-        self.ref_engine = frozen_copy() if self.algorithm.needs_reference else None
-        self.ema_engine = frozen_copy() if self.algorithm.ema_reference() is not None else None
+        self.ref_engine = frozen_copy() if self.algorithm.needs_reference and not lora.rank else None
+        self.ema_engine = frozen_copy() if self.algorithm.ema_reference() is not None and not lora.rank else None
+        if lora.rank and self.algorithm.ema_reference() is not None:
+            self._ema_adapter = [_partition(p).clone() for p in self._adapter_params()]
         self.processor = AutoProcessor.from_pretrained(self.model_cfg.path)
         self.image_token_id = model.config.image_token_id
+        # transformers reads it process-wide: a model loaded later in this process (an export,
+        # a test's reference model) must not be ZeRO-3-partitioned at load.
+        self._hf_ds = None
         return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+
+    def _adapter_params(self) -> list[torch.nn.Parameter]:
+        """The LoRA adapter parameters (the trainable ones), in module order."""
+        return [p for n, p in self.engine.module.named_parameters() if ".lora_" in n]
+
+    def trainable_params(self) -> int:
+        """Parameters the optimizer updates (the adapters under LoRA)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters() if p.requires_grad)
 
     def _ds_config(self, gas: int) -> dict[str, Any]:
         c = self.cfg
@@ -258,15 +295,42 @@ class Learner(ActorIdentity):
     def compute_logprobs(self, which: str = "policy") -> list[torch.Tensor]:
         """Per-sequence log-probs of the response tokens ([len(response)] each), no grad, under
         the policy, the frozen ``reference`` or the ``ema`` reference."""
-        engine = {"policy": self.engine, "reference": self.ref_engine, "ema": self.ema_engine}[which]
+        lora = bool(self.model_cfg.lora.rank)
+        engine = self.engine if lora else {"policy": self.engine, "reference": self.ref_engine,
+                                           "ema": self.ema_engine}[which]
         engine.eval()
         s = self._shard()
         out: list[torch.Tensor] = [torch.empty(0)] * len(s.prompt_ids)
         order = [i for mb in s.mini_batches for i in mb]
-        for micro in self._micro_batches(order):
-            logp, _ = self._forward(engine, self._collate(micro), "none")
-            self._responses(logp, micro, out)
+        with self._lora_model(which) if lora else contextlib.nullcontext():
+            for micro in self._micro_batches(order):
+                logp, _ = self._forward(engine, self._collate(micro), "none")
+                self._responses(logp, micro, out)
         return out
+
+    @contextlib.contextmanager
+    def _lora_model(self, which: str) -> Iterator[None]:
+        """Under LoRA, make the policy engine compute ``which``: the base model with the adapter
+        disabled (``reference``), or the EMA adapter swapped in for the pass (``ema``; every rank
+        swaps its own partitions, then the persistent tensors are re-gathered)."""
+        if which == "policy":
+            yield
+        elif which == "reference":
+            with self.engine.module.disable_adapter():
+                yield
+        else:
+            assert self._ema_adapter is not None, "no EMA reference: the algorithm asked for none"
+            params = self._adapter_params()
+            saved = [_partition(p).clone() for p in params]
+            for p, e in zip(params, self._ema_adapter, strict=True):
+                _partition(p).copy_(e)
+            _refresh_persistent(params)
+            try:
+                yield
+            finally:
+                for p, v in zip(params, saved, strict=True):
+                    _partition(p).copy_(v)
+                _refresh_persistent(params)
 
     @torch.no_grad()
     def compute_views(self) -> dict[str, dict[str, list[torch.Tensor]]]:
@@ -386,12 +450,43 @@ class Learner(ActorIdentity):
         """φ ← decay·φ + (1 − decay)·θ (GRPO-CARE §4.1). Under ZeRO-3 both models are partitioned
         identically, so the update runs on each rank's own partitions: elementwise, it equals
         the authors' update on gathered weights without gathering them."""
+        if self._ema_adapter is not None:  # LoRA: the EMA of the adapter (the base is frozen)
+            for p, dst in zip(self._adapter_params(), self._ema_adapter, strict=True):
+                dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
+            return
         assert self.ema_engine is not None, "no EMA reference: the algorithm asked for none"
-        for p, q in zip(self.engine.module.parameters(), self.ema_engine.module.parameters(), strict=True):
+        ema_params = list(self.ema_engine.module.parameters())
+        for p, q in zip(self.engine.module.parameters(), ema_params, strict=True):
             dst = _partition(q)
             dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
+        _refresh_persistent(ema_params)
 
     # ---------------------------------------------------------------- weight sync
+    def publish_adapter(self) -> AdapterWeights | None:
+        """LoRA: gather the adapter (collective: every rank must call) and put it in the object
+        store once, from rank 0 (returned there; the other ranks return None)."""
+        import ray
+
+        from rl_vlm.distributed.sync.adapter import AdapterWeights, adapter_config_json
+
+        tensors = self.adapter_tensors()
+        if tensors is None:
+            return None
+        module: Any = self.engine.module
+        return AdapterWeights(ray.put(tensors), adapter_config_json(module.peft_config["default"]),
+                              sum(t.numel() * t.element_size() for t in tensors.values()))
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor] | None:
+        """LoRA: the full adapter tensors under PEFT's saved names, on rank 0 (None elsewhere);
+        collective under ZeRO-3."""
+        import deepspeed
+
+        from rl_vlm.models.lora import adapter_state_dict
+
+        params = self._adapter_params()
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.zero_stage == 3):
+            return adapter_state_dict(self.engine.module) if self.rank == 0 else None
+
     def publish_weights(self, bucket_bytes: int) -> list[Any]:
         """Put this rank's part of every parameter in the object store, in buckets of about
         ``bucket_bytes`` of full parameters (every rank cuts the same buckets); returns the
@@ -450,31 +545,47 @@ class Learner(ActorIdentity):
         writes the HF config and processor that ``rl-vlm export`` needs."""
         from rl_vlm.seeds import rng_state
 
-        self.engine.save_checkpoint(path, tag="learner", save_latest=False,
+        lora = bool(self.model_cfg.lora.rank)
+        # LoRA: the frozen base is model.path's, so only the adapter (and its optimizer state) is saved.
+        self.engine.save_checkpoint(path, tag="learner", save_latest=False, exclude_frozen_parameters=lora,
                                     client_state={"optimizer_steps": self.optimizer_steps})
         state: dict[str, Any] = {"rng": rng_state(), "optimizer_steps": self.optimizer_steps}
         if self.ema_engine is not None:
             state["ema"] = [_partition(q).clone() for q in self.ema_engine.module.parameters()]
+        if self._ema_adapter is not None:
+            state["ema"] = [t.clone() for t in self._ema_adapter]
         torch.save(state, os.path.join(path, f"rank{self.rank}.pt"))
         if self.rank == 0:
-            self.engine.module.config.save_pretrained(os.path.join(path, "hf"))
-            self.processor.save_pretrained(os.path.join(path, "hf"))
+            hf = os.path.join(path, "hf")
+            self.engine.module.config.save_pretrained(hf)
+            self.processor.save_pretrained(hf)
+            if lora:  # what `rl-vlm export` needs to rebuild the wrapped model over model.path's base
+                module: Any = self.engine.module
+                module.peft_config["default"].save_pretrained(hf)
 
     def load_checkpoint(self, path: str) -> int:
         """Restore what :meth:`save_checkpoint` wrote (collective); returns the optimizer step."""
         from rl_vlm.seeds import set_rng_state
 
+        lora = bool(self.model_cfg.lora.rank)
         load_path, _ = self.engine.load_checkpoint(path, tag="learner", load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+                                                   load_lr_scheduler_states=True, load_module_strict=not lora)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed found no learner state under {path}/learner")
         state = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
-        if self.ema_engine is not None:
+        if self.ema_engine is not None or self._ema_adapter is not None:
             if "ema" not in state:
                 raise RuntimeError(f"{path} holds no EMA reference model but the algorithm needs one")
             with torch.no_grad():
-                for q, saved in zip(self.ema_engine.module.parameters(), state["ema"], strict=True):
-                    _partition(q).copy_(saved)
+                if self._ema_adapter is not None:
+                    for dst, saved in zip(self._ema_adapter, state["ema"], strict=True):
+                        dst.copy_(saved)
+                else:
+                    assert self.ema_engine is not None
+                    ema_params = list(self.ema_engine.module.parameters())
+                    for q, saved in zip(ema_params, state["ema"], strict=True):
+                        _partition(q).copy_(saved)
+                    _refresh_persistent(ema_params)
         self.optimizer_steps = int(state["optimizer_steps"])
         set_rng_state(state["rng"])
         return self.optimizer_steps
@@ -483,10 +594,16 @@ class Learner(ActorIdentity):
         """Write a Hugging Face directory (weights, config, processor) of the current policy."""
         import deepspeed
 
-        params = list(self.engine.module.parameters())
+        from rl_vlm.models.lora import merged_state_dict
+
+        module: Any = self.engine.module
+        lora = bool(self.model_cfg.lora.rank)
+        params = list(module.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.zero_stage == 3):
             if self.rank == 0:
-                state = {k: v.detach().cpu().clone() for k, v in self.engine.module.state_dict().items()}
+                # LoRA: the adapters folded into the base weights, a plain HF model.
+                state = (merged_state_dict(module) if lora else
+                         {k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
         if self.rank == 0:
-            self.engine.module.save_pretrained(out_dir, state_dict=state)
+            (module.get_base_model() if lora else module).save_pretrained(out_dir, state_dict=state)
             self.processor.save_pretrained(out_dir)

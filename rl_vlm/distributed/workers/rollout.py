@@ -9,21 +9,26 @@ it directly; with ``rollout.tensor_parallel_size > 1`` its TP workers are proces
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from rl_vlm import seeds
 from rl_vlm.batch import Prompt
-from rl_vlm.config import DataConfig, RolloutConfig
+from rl_vlm.config import DataConfig, LoraConfig, RolloutConfig
 from rl_vlm.distributed.workers.identity import ActorIdentity, pin_to_cpus
+from rl_vlm.models.lora import engine_max_lora_rank
 from rl_vlm.validation import resolve_enforce_eager, resolve_rollout_dtype
 
 if TYPE_CHECKING:
     from vllm.inputs import TextPrompt
+    from vllm.lora.request import LoRARequest
 
     from rl_vlm.distributed.interfaces import WeightRefs
+    from rl_vlm.distributed.sync.adapter import AdapterWeights
 
 
 @dataclass
@@ -48,7 +53,8 @@ MIN_BATCHED_TOKENS = 16384
 whole prompt, and several short ones should share a step."""
 
 
-def engine_args(model_path: str, cfg: RolloutConfig, seed: int, device: str, max_model_len: int) -> dict[str, Any]:
+def engine_args(model_path: str, cfg: RolloutConfig, seed: int, device: str, max_model_len: int,
+                lora: LoraConfig | None = None, sleep_mode: bool = False) -> dict[str, Any]:
     """The keyword arguments of ``vllm.LLM`` for one engine (pure: unit-tested without vLLM).
 
     - ``max_model_len``: ``data.max_prompt_length + rollout.max_new_tokens``
@@ -61,6 +67,10 @@ def engine_args(model_path: str, cfg: RolloutConfig, seed: int, device: str, max
       this actor on the tp GPUs Ray gave it (vLLM forces ``spawn`` inside Ray actors). Every
       worker loads the extension below and receives full tensors; vLLM's loaders shard them.
     - ``enforce_eager``: per device unless set (:func:`rl_vlm.validation.resolve_enforce_eager`).
+    - ``lora`` (``model.lora`` with rank > 0): vLLM LoRA, one adapter at a time (each sync
+      replaces it), tower and merger included when the adapters reach into the vision tower.
+    - ``sleep_mode`` (colocated pools on GPU): vLLM's sleep mode, so the engine can free its
+      memory while the learners update (``rollout.sleep_level``).
     """
     # rollout.dtype=auto: bf16 on GPU; fp32 on CPU like the CPU learner, so engine and learner
     # log-probs agree closely.
@@ -77,16 +87,24 @@ def engine_args(model_path: str, cfg: RolloutConfig, seed: int, device: str, max
         args.update(gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size)
         if cfg.tensor_parallel_size > 1:
             args["distributed_executor_backend"] = "mp"
+        if sleep_mode:
+            args["enable_sleep_mode"] = True
+    if lora is not None and lora.rank:
+        args.update(enable_lora=True, max_lora_rank=engine_max_lora_rank(lora.rank), max_loras=1,
+                    enable_tower_connector_lora=lora.vision_tower)
     return args
 
 
 class RolloutEngine(ActorIdentity):
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, device: str,
-                 max_model_len: int | None = None, cpu_affinity: tuple[int, ...] = ()) -> None:
+                 max_model_len: int | None = None, cpu_affinity: tuple[int, ...] = (),
+                 lora: LoraConfig | None = None, sleep_mode: bool = False) -> None:
         """``max_model_len``: :func:`rl_vlm.validation.engine_max_model_len` of the run (the pool
         passes it); None = the dataclass defaults' prompt length + ``cfg.max_new_tokens`` (an
         engine built alone, as in tests). ``cpu_affinity``: ``cluster.rollout_cpu_affinity``, the
-        CPUs this process is pinned to on CPU (empty = not pinned)."""
+        CPUs this process is pinned to on CPU (empty = not pinned). ``lora``: ``model.lora`` (rank
+        0 or None: full weights are synced). ``sleep_mode``: colocated pools (vLLM sleeps on GPU;
+        on CPU, where vLLM has no sleep mode, :meth:`sleep` does nothing)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu":
             # First: vLLM's CPU worker reads the affinity to place its memory and threads.
@@ -100,7 +118,14 @@ class RolloutEngine(ActorIdentity):
             max_model_len = DataConfig().max_prompt_length + cfg.max_new_tokens
         self.cfg = cfg
         self.max_model_len = max_model_len
-        self.llm = LLM(**engine_args(model_path, cfg, seed, device, max_model_len))
+        self.llm = LLM(**engine_args(model_path, cfg, seed, device, max_model_len, lora, sleep_mode))
+        self.sleep_level = cfg.sleep_level if sleep_mode and device == "gpu" else 0
+        self.asleep = False
+        self.lora_request: LoRARequest | None = None
+        """The adapter every request runs with (LoRA runs, once the first adapter is loaded)."""
+        self._lora_ids = 0
+        self._adapter_root = tempfile.mkdtemp(prefix="rl_vlm_lora_", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                              else None) if lora is not None and lora.rank else ""
         if device == "cpu" and torch.get_num_threads() != cfg.torch_threads:
             raise RuntimeError(f"rollout.torch_threads={cfg.torch_threads}, but vLLM left the engine at "
                                f"{torch.get_num_threads()} threads")
@@ -127,7 +152,8 @@ class RolloutEngine(ActorIdentity):
                                  logit_bias=self.logit_bias,
                                  seed=None if seed is None else seeds.engine_prompt(seed, i))
                   for i in range(len(prompts))]
-        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False,
+                                 lora_request=self.lora_request)
         samples: list[SampleOut] = []
         for out in outs:
             for c in out.outputs:
@@ -146,6 +172,42 @@ class RolloutEngine(ActorIdentity):
         The tensors may be read-only views of the object store: they are read, never written."""
         self.llm.collective_rpc("rl_vlm_reload", args=(buckets,))
         return self._reloaded(version)
+
+    def load_adapter(self, adapter: AdapterWeights, version: int) -> int:
+        """LoRA: make the published adapter the one every request runs with (written to this
+        engine's own directory and loaded now, so a bad adapter fails here, not mid-rollout); the
+        previous adapter is unloaded and its directory removed."""
+        import ray
+        from vllm.lora.request import LoRARequest
+
+        from rl_vlm.distributed.sync.adapter import write_adapter
+
+        self._lora_ids += 1  # vLLM caches adapters by id: a new id for every version
+        tensors = cast("dict[str, torch.Tensor]", ray.get(adapter.tensors))
+        path = write_adapter(os.path.join(self._adapter_root, f"v{self._lora_ids}"), tensors, adapter.config_json)
+        request = LoRARequest(f"rl_vlm_{self._lora_ids}", self._lora_ids, path)
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused the LoRA adapter of weight version {version} ({path})")
+        old, self.lora_request = self.lora_request, request
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        return self._reloaded(version)
+
+    def sleep(self) -> None:
+        """Colocated pools: free this engine's device memory for the learners' turn (vLLM sleep,
+        ``rollout.sleep_level``); a no-op on CPU and with split pools."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+        self.asleep = True
+
+    def wake(self, tags: list[str]) -> None:
+        """Reallocate what :meth:`sleep` freed: ``["weights"]`` before a weight sync loads into
+        them, then ``["kv_cache"]`` (vLLM's order for an in-place weight update)."""
+        if self.sleep_level and self.asleep:
+            self.llm.wake_up(tags=tags)
+        if "kv_cache" in tags:
+            self.asleep = False
 
     def _reloaded(self, version: int) -> int:
         # Cached prefixes, processed images and encoder outputs were computed by the old weights.
