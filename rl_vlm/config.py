@@ -64,8 +64,9 @@ class ModelConfig:
     max_pixels: int = 12845056
     """... and H*W <= max_pixels. Caps visual tokens per image at max_pixels / 784."""
     freeze_vision_tower: bool = False
-    """Train only the language model and merger (EasyR1's ``freeze_vision_tower``): no gradients
-    or optimizer state for the ViT (~670 M parameters in Qwen2.5-VL-3B/7B)."""
+    """Train only the language model (EasyR1's ``freeze_vision_tower``): no gradients or optimizer
+    state for the whole of ``model.visual``, the ViT and its merger (~670 M parameters in
+    Qwen2.5-VL-3B/7B)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (GPU runs of 3B/7B); costs about
     a third more learner compute."""

@@ -354,7 +354,9 @@ def _check_colocated_memory(cfg: Config) -> None:
 
     shape = model_shape(cfg.model.path)
     if shape is not None:
-        check_colocated_fits(cfg, shape, needs_reference=build_algorithm(cfg.algorithm).needs_reference)
+        algorithm = build_algorithm(cfg.algorithm)
+        check_colocated_fits(cfg, shape, needs_reference=algorithm.needs_reference,
+                             needs_ema_reference=algorithm.ema_reference() is not None)
 
 
 def resolve_device(device: str) -> str:

@@ -37,10 +37,14 @@ def test_experiment_composes_and_validates(name: str) -> None:
     cfg = _load(name)
     build_algorithm(cfg.algorithm)
     if _is_gpu(cfg):
-        # One node of 8 GPUs, split between vLLM engines and ZeRO-3 ranks (not colocated).
         c, r, lc = cfg.cluster, cfg.rollout, cfg.learner
-        assert (c.num_nodes, c.gpus_per_node, c.colocate) == (1, 8, False)
-        assert r.num_engines * r.tensor_parallel_size + lc.num_ranks <= 8
+        if c.colocate:
+            # Engine k beside rank k on every GPU of one node (validation checked that it fits).
+            assert c.num_nodes == 1 and r.num_engines * r.tensor_parallel_size == lc.num_ranks == c.gpus_per_node
+        else:
+            # One node of 8 GPUs, split between vLLM engines and ZeRO-3 ranks.
+            assert (c.num_nodes, c.gpus_per_node) == (1, 8)
+            assert r.num_engines * r.tensor_parallel_size + lc.num_ranks <= 8
         assert cfg.model.attn_implementation == "auto"  # flash-attention 2 where flash-attn imports, else sdpa
     else:
         assert cfg.model.path == "artifacts/tiny-qwen2.5-vl"
@@ -138,7 +142,7 @@ def test_paper_experiment_matches_the_authors(name: str) -> None:
 
 def test_every_paper_experiment_is_checked() -> None:
     gpu = {n for n in EXPERIMENTS if _is_gpu(compose([f"experiment={n}"]))}
-    assert gpu - {"grpo_qwen2_5_vl_7b"} == set(PAPER_SPECS)
+    assert gpu - {"grpo_qwen2_5_vl_7b", "grpo_qwen2_5_vl_3b_1gpu", "grpo_qwen2_5_vl_7b_colocated"} == set(PAPER_SPECS)
 
 
 @pytest.mark.parametrize("name,algorithm", [

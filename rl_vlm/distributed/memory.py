@@ -278,7 +278,7 @@ class ColocatedMemory:
     the other transients only in the update."""
 
     gpu: int
-    """``cluster.gpu_memory_gib``."""
+    """One GPU's memory (``cluster.gpu_memory_gib``)."""
     weights: int
     """The policy's weights (and adapters) on this rank: dtype bytes x params, / ranks under
     ZeRO-3; 0 with ``learner.offload_params``."""

@@ -129,8 +129,19 @@ def test_pool_layout_keeps_the_cpu_path_and_uses_the_plan_on_gpu() -> None:
     assert gpu.rollout_bundles == [{"GPU": 4.0, "CPU": 1.0}] * 3
     assert gpu.learner_bundles == [{"GPU": 1.0, "CPU": 1.0}] * 4
     assert gpu.placement is not None and [s.node for s in gpu.placement.engines] == [0, 0, 1]
-    with pytest.raises(ConfigError, match=r"^cluster\.colocate"):
-        pool_layout(ClusterConfig(colocate=True), RolloutConfig(num_engines=4), LearnerConfig(num_ranks=4), "gpu")
+    assert not cpu.colocate and not gpu.colocate and cpu.share == gpu.share == 1.0
+
+
+def test_colocated_pool_layouts_share_one_bundle_per_rank() -> None:
+    """Engine k and learner rank k in bundle k of one placement group, each asking for half of it."""
+    gpu = pool_layout(ClusterConfig(colocate=True, gpus_per_node=4), RolloutConfig(num_engines=4),
+                      LearnerConfig(num_ranks=4), "gpu")
+    assert gpu.colocate and gpu.share == 0.5 and gpu.backend == "nccl"
+    assert gpu.rollout_bundles == gpu.learner_bundles == [{"GPU": 1.0, "CPU": 2.0}] * 4
+    # On CPU the pools take turns: a bundle holds the larger CPU count, not the sum.
+    cpu = pool_layout(ClusterConfig(colocate=True, rollout_cpus_per_engine=2), RolloutConfig(num_engines=2),
+                      LearnerConfig(num_ranks=2), "cpu")
+    assert cpu.colocate and cpu.share == 0.5 and cpu.rollout_bundles == cpu.learner_bundles == [{"CPU": 2.0}] * 2
 
 
 # --------------------------------------------------------------------- precision, kernels, offload
@@ -140,21 +151,40 @@ GPU = ["cluster.device=gpu"]
 @pytest.mark.parametrize("overrides,key", [
     (["model.dtype=bfloat16", "cluster.device=cpu"], "model.dtype"),
     (["rollout.dtype=bfloat16", "cluster.device=cpu"], "rollout.dtype"),
-    (["cluster.colocate=true", "cluster.device=cpu"], "cluster.colocate"),
+    (["cluster.colocate=true", "cluster.device=cpu"], "rollout.num_engines"),  # 1 engine, 2 ranks
+    (["cluster.colocate=true", "cluster.device=cpu", "rollout.num_engines=2", "trainer.max_staleness=1"],
+     "trainer.max_staleness"),
     (["model.attn_implementation=flash_attention_2", "cluster.device=cpu"], "model.attn_implementation"),
     (GPU + ["model.attn_implementation=flash_attention_2", "model.dtype=float32"], "model.attn_implementation"),
     (["learner.offload_params=true", "learner.zero_stage=2"], "learner.offload_params"),
     (["learner.offload_optimizer=true", "learner.zero_stage=0"], "learner.offload_optimizer"),
     (GPU + ["rollout.tensor_parallel_size=16"], "rollout.tensor_parallel_size"),
     (GPU + ["rollout.num_engines=4", "rollout.tensor_parallel_size=2", "learner.num_ranks=4"], "cluster.num_nodes"),
-    # a valid colocated layout is refused until the actor groups run it
-    (GPU + ["cluster.colocate=true", "rollout.num_engines=2", "learner.num_ranks=2"], "cluster.colocate"),
+    # colocated on GPU: TP 1 engines, no NCCL group on a shared GPU, base weights kept for LoRA
+    (GPU + ["cluster.colocate=true", "rollout.num_engines=1", "rollout.tensor_parallel_size=2", "learner.num_ranks=2"],
+     "rollout.tensor_parallel_size"),
+    (GPU + ["cluster.colocate=true", "rollout.num_engines=2", "learner.num_ranks=2", "cluster.weight_sync=collective"],
+     "cluster.weight_sync"),
+    (GPU + ["cluster.colocate=true", "rollout.num_engines=2", "learner.num_ranks=2", "model.lora.rank=8",
+            "rollout.sleep_level=2"], "rollout.sleep_level"),
+    (["model.lora.rank=600"], "model.lora.rank"),
+    (["model.lora.rank=8", "model.lora.target_modules=[]"], "model.lora.target_modules"),
+    (["model.lora.rank=8", "cluster.weight_sync=collective"], "cluster.weight_sync"),
     (GPU + ["cluster.colocate=true", "rollout.num_engines=1", "learner.num_ranks=2"], "rollout.num_engines"),
 ])
 def test_precision_and_layout_validation_names_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         validate(compose(overrides), check_paths=False)
     assert str(e.value).startswith(key + ":"), str(e.value)
+
+
+def test_a_valid_colocated_layout_validates() -> None:
+    cpu = validate(compose(["cluster.colocate=true", "cluster.device=cpu", "rollout.num_engines=2"]),
+                   check_paths=False)
+    assert cpu.cluster.colocate
+    gpu = validate(compose(GPU + ["cluster.colocate=true", "rollout.num_engines=2", "learner.num_ranks=2"]),
+                   check_paths=False)  # the tiny model fits any GPU
+    assert gpu.cluster.colocate
 
 
 @pytest.mark.parametrize("model", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])

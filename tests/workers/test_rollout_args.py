@@ -108,3 +108,14 @@ def test_a_shared_system_starts_engines_long_enough_for_the_runs_that_follow(tmp
     (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 1024}}))
     capped = compose([f"model.path={tmp_path}", "rollout.max_new_tokens=16"])
     assert shared_engine_len(capped) == 1024
+
+
+def test_lora_and_sleep_mode_engine_arguments() -> None:
+    from rl_vlm.config import LoraConfig
+
+    args = engine_args("m", RolloutConfig(), 0, "gpu", 4096, LoraConfig(rank=12, vision_tower=True), sleep_mode=True)
+    # vLLM accepts only its own ranks: 12 -> 16; one adapter at a time (each sync replaces it).
+    assert (args["enable_lora"], args["max_lora_rank"], args["max_loras"]) == (True, 16, 1)
+    assert args["enable_tower_connector_lora"] is True and args["enable_sleep_mode"] is True
+    plain = engine_args("m", RolloutConfig(), 0, "cpu", 4096, LoraConfig(rank=0), sleep_mode=True)
+    assert "enable_lora" not in plain and "enable_sleep_mode" not in plain  # no sleep mode in vLLM's CPU worker

@@ -32,6 +32,9 @@ def test_auto_is_collective_on_gpu_and_object_store_on_cpu() -> None:
     assert (sync_backend("gpu"), sync_backend("cpu")) == ("nccl", "gloo")
     with pytest.raises(ValueError):
         resolve_weight_sync("nccl", "gpu")
+    # Colocated on one GPU (NCCL refuses two members there) and a LoRA adapter: the object store.
+    assert resolve_weight_sync("auto", "gpu", colocate=True) == "object_store"
+    assert resolve_weight_sync("auto", "gpu", lora=True) == "object_store"
 
 
 def _spec(name: str, numel: int, dtype: torch.dtype = torch.float32) -> TensorSpec:
