@@ -7,13 +7,17 @@ and the production path is timed ``--repeats`` times:
     refs = learners.publish_weights()         # every ZeRO-3 rank: ray.put of its own partition, per bucket
     versions = rollout.load_weights(refs, v)  # every engine: ray.get, concatenate the ranks' parts, vLLM reload
 
-``versions`` must come back as ``v`` from every engine (the new weights are visible). Effective
+``versions`` must come back as ``v`` from every engine (the new weights are visible). Mode
+``lora`` starts a LoRA system of the same model (``model.lora.rank=--lora-rank``): the learners
+publish the adapter alone and every engine loads it as a new vLLM adapter; its bytes are the
+adapter's. Effective
 bandwidth = parameter bytes / sync seconds. Next to it, in the same run: a plain in-process copy
 of the same tensors (``dst.copy_(src)`` per parameter, 1 thread) -- the limit of moving those
 bytes once on this machine. The engine side is split into object-store fetch and vLLM reload.
 
     .venv/bin/python scripts/bench_sync.py                    # tiny .. xl250m
     .venv/bin/python scripts/bench_sync.py --sizes tiny,xxl500m
+    .venv/bin/python scripts/bench_sync.py --sizes m60m --modes object_store,lora   # full vs LoRA sync
     .venv/bin/python scripts/bench_sync.py --smoke            # tiny, 1 repeat
 """
 
@@ -68,10 +72,12 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
     from rl_vlm.compose import compose
     from rl_vlm.validation import validate
 
+    lora = modes == ["lora"]
     cfg = compose([f"model.path={model}", f"rollout.num_engines={a.engines}", "learner.num_ranks=2",
                    "data.rollout_batch_size=2", "rollout.n=2", "learner.mini_batch_size=2",
                    "learner.micro_batch_size=2", f"trainer.output_dir={out}"]
-                  + (["cluster.weight_sync=collective"] if "collective" in modes else []))
+                  + (["cluster.weight_sync=collective"] if "collective" in modes else [])
+                  + ([f"model.lora.rank={a.lora_rank}"] if lora else []))
     validate(cfg)
     t0 = time.perf_counter()
     # The pools exactly as `rl-vlm train` gets them (RolloutGroup / LearnerGroup, weight sync connected).
@@ -106,6 +112,8 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
                 gather.append(t1 - t0)
                 load_.append(t2 - t1)
                 total.append(t2 - t0)
+                if mode == "lora":
+                    nbytes = refs.num_bytes  # the adapter's, as published
                 if mode == "object_store":  # the engine side once more, split (same buckets, a new version)
                     splits = ray.get([e.__ray_call__.remote(_engine_load_split, refs, 1000 + v) for e in rollout.actors])
                     fetch.append(max(s[0] for s in splits))
@@ -115,6 +123,7 @@ def measure_size(model: Path, n_params: int, a: argparse.Namespace, out: Path, m
             copy_s = memcpy_baseline(shapes, max(a.repeats, 1))
             sync_s = median(total[sl])
             res = {"mode": mode, "parameters": n_params, "bytes": nbytes,
+                   "lora_rank": a.lora_rank if mode == "lora" else 0,
                    "startup_s": startup, "sync_s": sync_s, "sync_s_all": total,
                    "gather_s": median(gather[sl]), "load_s": median(load_[sl]),
                    "engine_fetch_s": median(fetch[sl]) if fetch else float("nan"),
@@ -141,6 +150,7 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     p.add_argument("--modes", default="object_store,collective",
                    help="cluster.weight_sync transports to time (collective needs rl_vlm.distributed.sync.collective.connect_weight_sync)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--lora-rank", type=int, default=16, help="adapter rank of mode lora")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "sync"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 1 measured repeat")
     a = p.parse_args(argv)
@@ -155,7 +165,10 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
         model, n = build_model(out.parent / "models" / size, size)
         print(f"[{time.strftime('%H:%M:%S')}] {size}: {n / 1e6:.1f} M parameters, load {load()}", flush=True)
         try:
-            measured = measure_size(model, n, a, out, modes, provider)
+            full = [m for m in modes if m != "lora"]
+            measured = measure_size(model, n, a, out, full, provider) if full else {}
+            if "lora" in modes:  # a LoRA system of its own (its engines serve adapters)
+                measured.update(measure_size(model, n, a, out, ["lora"], provider))
         except Exception as e:  # e.g. Ray's OOM killer at 500 M on a small box: keep the other sizes
             print(f"  {size} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
             report.setdefault("failed", {})[size] = f"{type(e).__name__}: {str(e)[:300]}"

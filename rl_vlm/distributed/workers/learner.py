@@ -88,6 +88,8 @@ class Learner(ActorIdentity):
         self.optimizer_steps = 0
         self._ema_adapter: list[torch.Tensor] | None = None
         """LoRA with an EMA reference: this rank's partitions of the EMA of every adapter tensor."""
+        self._adapter_config = ""
+        """LoRA: ``adapter_config.json`` of the adapter, as the engines load it (fixed for the run)."""
 
     def reinit(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algorithm_cfg: AlgorithmConfig,
                seed: int, gas: int) -> int:
@@ -170,6 +172,11 @@ class Learner(ActorIdentity):
         self.ema_engine = frozen_copy() if self.algorithm.ema_reference() is not None and not lora.rank else None
         if lora.rank and self.algorithm.ema_reference() is not None:
             self._ema_adapter = [_partition(p).clone() for p in self._adapter_params()]
+        if lora.rank:
+            from rl_vlm.distributed.sync.adapter import adapter_config_json
+
+            peft_model: Any = policy
+            self._adapter_config = adapter_config_json(peft_model.peft_config["default"])
         self.processor = AutoProcessor.from_pretrained(self.model_cfg.path)
         self.image_token_id = model.config.image_token_id
         # transformers reads it process-wide: a model loaded later in this process (an export,
@@ -467,13 +474,10 @@ class Learner(ActorIdentity):
         store once, from rank 0 (returned there; the other ranks return None)."""
         import ray
 
-        from rl_vlm.distributed.sync.adapter import AdapterWeights, adapter_config_json
-
         tensors = self.adapter_tensors()
         if tensors is None:
             return None
-        module: Any = self.engine.module
-        return AdapterWeights(ray.put(tensors), adapter_config_json(module.peft_config["default"]),
+        return AdapterWeights(ray.put(tensors), self._adapter_config,
                               sum(t.numel() * t.element_size() for t in tensors.values()))
 
     def adapter_tensors(self) -> dict[str, torch.Tensor] | None:
