@@ -176,16 +176,19 @@ def _validate_machine(cfg: Config, device: str) -> None:
     # once Ray is up (rl_vlm.distributed.runtime.check_cluster_gpus).
     if device == "gpu" and c.address == "local":
         have = visible_gpus()
-        want = r.num_engines * r.tensor_parallel_size + lc.num_ranks
+        want = lc.num_ranks if c.colocate else r.num_engines * r.tensor_parallel_size + lc.num_ranks
         _require(have > 0, "cluster.device",
                  "gpu, but torch sees no CUDA device on this machine (check nvidia-smi, CUDA_VISIBLE_DEVICES and "
                  "that torch is a CUDA build: python -c 'import torch; print(torch.version.cuda)'); "
                  "use cluster.device=cpu or auto")
+        needs = (f"learner.num_ranks={lc.num_ranks}, colocated" if c.colocate else
+                f"rollout.num_engines={r.num_engines} x rollout.tensor_parallel_size={r.tensor_parallel_size} "
+                f"+ learner.num_ranks={lc.num_ranks}")
         _require(want <= have, "cluster.device",
                  f"gpu with a private Ray instance (cluster.address=local), but the pools need {want} GPUs "
-                 f"(rollout.num_engines={r.num_engines} x rollout.tensor_parallel_size={r.tensor_parallel_size} "
-                 f"+ learner.num_ranks={lc.num_ranks}) and this machine has {have}; split pools need "
-                 "at least 2 GPUs (docs/cluster.md)")
+                 f"({needs}) and this machine has {have}; with {have} GPU(s) colocate the pools: "
+                 f"cluster=single_gpu, or cluster.colocate=true rollout.num_engines={have} learner.num_ranks={have} "
+                 "(docs/cluster.md)")
     if cfg.trainer.wandb_mode == "online":
         _require(wandb_credentials(), "trainer.wandb_mode",
                  f"online, but no wandb credentials were found (no WANDB_API_KEY and no {_wandb_host()} entry in "

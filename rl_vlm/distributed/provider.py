@@ -49,6 +49,10 @@ def _start(cfg: Config, with_learners: bool,
     # Colocated pools: one placement group, engine k and learner rank k in its bundle k.
     pg = create_placement_group(layout.learner_bundles, "rl_vlm_colocated") if layout.colocate else None
     rollout = RolloutGroup(cfg, layout, device, max_model_len, pg=pg)
+    if layout.colocate:
+        # vLLM sizes its pool from the device's free memory at start-up: a learner loading its
+        # model onto the same GPU meanwhile would make that measurement wrong.
+        rollout.call("pid")
     learners = LearnerGroup(cfg, layout, device, pg=pg) if with_learners else None
     if learners is not None:
         connect_weight_sync(rollout, learners, device)

@@ -76,13 +76,20 @@ def wrap_policy(model: torch.nn.Module, lora: LoraConfig, base_path: str) -> tor
     return peft_model
 
 
-def adapter_state_dict(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable adapter tensors under the names ``save_pretrained`` writes (and vLLM reads):
-    PEFT's ``get_peft_model_state_dict``, detached, on the CPU."""
-    from peft import get_peft_model_state_dict
+ADAPTER = "default"
+"""The name PEFT gives the one adapter (``...lora_A.default.weight`` in the wrapped model)."""
 
-    state = get_peft_model_state_dict(peft_model)
-    return {k: v.detach().to("cpu").clone() for k, v in state.items()}
+
+def adapter_state_dict(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors under the names ``save_pretrained`` writes and vLLM reads (the adapter
+    name dropped: ``...q_proj.lora_A.weight``), detached, on the CPU. Read from the adapter's own
+    parameters: PEFT's ``get_peft_model_state_dict`` walks the whole model's state dict, most
+    of a small adapter's sync time."""
+    out = {}
+    for name, p in peft_model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            out[name.replace(f".{ADAPTER}.", ".")] = p.detach().to("cpu").clone()
+    return out
 
 
 def merged_state_dict(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,7 +101,7 @@ def merged_state_dict(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
     deltas = {}
     for name, module in peft_model.named_modules():
         if isinstance(module, LoraLinear):  # target_regex names linear layers only
-            deltas[_base_name(name) + ".weight"] = module.get_delta_weight("default")
+            deltas[_base_name(name) + ".weight"] = module.get_delta_weight(ADAPTER)
     merged: dict[str, torch.Tensor] = {}
     for key, value in peft_model.state_dict().items():
         if ".lora_" in key:

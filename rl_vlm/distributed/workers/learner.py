@@ -32,7 +32,7 @@ from rl_vlm.algorithms.context import ViewOutputs
 from rl_vlm.batch import SequenceBatch
 from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
 from rl_vlm.distributed.sharding import RankShard
-from rl_vlm.distributed.sync.adapter import AdapterWeights
+from rl_vlm.distributed.sync.adapter import AdapterWeights, PackedAdapter
 from rl_vlm.distributed.workers.identity import ActorIdentity, pin_to_cpus
 from rl_vlm.distributed.workers.logprobs import (
     EntropyMode,
@@ -47,6 +47,13 @@ from rl_vlm.distributed.workers.logprobs import token_logprobs as token_logprobs
 def _partition(p: torch.nn.Parameter) -> torch.Tensor:
     """The part of ``p`` this rank holds: its ZeRO-3 partition, or the whole tensor below stage 3."""
     return p.ds_tensor.data if hasattr(p, "ds_tensor") else p.data
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _refresh_persistent(params: list[torch.nn.Parameter]) -> None:
@@ -474,22 +481,40 @@ class Learner(ActorIdentity):
         store once, from rank 0 (returned there; the other ranks return None)."""
         import ray
 
-        tensors = self.adapter_tensors()
-        if tensors is None:
+        packed = self._packed_adapter()
+        if packed is None:
             return None
-        return AdapterWeights(ray.put(tensors), self._adapter_config,
-                              sum(t.numel() * t.element_size() for t in tensors.values()))
+        return AdapterWeights(ray.put(packed), self._adapter_config,
+                              sum(_numel(shape) for shape in packed.shapes)
+                              * packed.rows.itemsize)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor] | None:
         """LoRA: the full adapter tensors under PEFT's saved names, on rank 0 (None elsewhere);
         collective under ZeRO-3."""
-        import deepspeed
+        packed = self._packed_adapter()
+        return None if packed is None else packed.tensors()
 
-        from rl_vlm.models.lora import adapter_state_dict
+    def _packed_adapter(self) -> PackedAdapter | None:
+        """Every rank's partitions of every adapter tensor in one all-gather (ZeRO-3), on rank 0."""
+        from rl_vlm.distributed.sync.adapter import pack_adapter
+        from rl_vlm.models.lora import ADAPTER
 
-        params = self._adapter_params()
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.zero_stage == 3):
-            return adapter_state_dict(self.engine.module) if self.rank == 0 else None
+        named = [(n.replace(f".{ADAPTER}.", "."), p) for n, p in self.engine.module.named_parameters()
+                 if ".lora_A." in n or ".lora_B." in n]
+        names = [n for n, _ in named]
+        shapes = [tuple(getattr(p, "ds_shape", p.shape)) for _, p in named]
+        parts = [_partition(p).detach().reshape(-1) for _, p in named]
+        flat = torch.cat(parts)
+        if self.cfg.zero_stage == 3 and self.world_size > 1:
+            import torch.distributed as dist
+
+            gathered = torch.empty(self.world_size * flat.numel(), dtype=flat.dtype, device=flat.device)
+            dist.all_gather_into_tensor(gathered, flat)  # rank-major: rank r's flat at [r * n, (r + 1) * n)
+            flat = gathered
+        if self.rank != 0:
+            return None
+        world = self.world_size if self.cfg.zero_stage == 3 else 1
+        return pack_adapter(names, [t.numel() for t in parts], shapes, flat.view(world, -1))
 
     def publish_weights(self, bucket_bytes: int) -> list[Any]:
         """Put this rank's part of every parameter in the object store, in buckets of about

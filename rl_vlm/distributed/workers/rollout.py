@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
 
     from rl_vlm.distributed.interfaces import WeightRefs
-    from rl_vlm.distributed.sync.adapter import AdapterWeights
+    from rl_vlm.distributed.sync.adapter import AdapterWeights, PackedAdapter
 
 
 @dataclass
@@ -183,7 +183,7 @@ class RolloutEngine(ActorIdentity):
         from rl_vlm.distributed.sync.adapter import write_adapter
 
         self._lora_ids += 1  # vLLM caches adapters by id: a new id for every version
-        tensors = cast("dict[str, torch.Tensor]", ray.get(adapter.tensors))
+        tensors = cast("PackedAdapter", ray.get(adapter.tensors)).tensors()
         path = write_adapter(os.path.join(self._adapter_root, f"v{self._lora_ids}"), tensors, adapter.config_json)
         request = LoRARequest(f"rl_vlm_{self._lora_ids}", self._lora_ids, path)
         if not self.llm.llm_engine.add_lora(request):
