@@ -28,7 +28,7 @@ RUNS = REPO / "runs" / "bench"
 DOC = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img"
 BENCHES = {"e2e": "bench_e2e.py", "sync": "bench_sync.py", "scaling": "bench_scaling.py",
-           "memory": "bench_memory.py", "async": "bench_async.py"}
+           "memory": "bench_memory.py", "async": "bench_async.py", "colocate": "bench_colocate.py"}
 
 
 def _read(name: str) -> dict[str, Any] | None:
@@ -261,12 +261,41 @@ def async_section(res: dict | None) -> str:
     return f"Machine: {_machine_line(res['machine'])}.\n\n" + bench_async.markdown(res)
 
 
+def colocate_section(res: dict | None) -> str:
+    if not res:
+        return "_Not run yet: `python scripts/bench_all.py --only colocate`._\n"
+    import bench_colocate
+
+    return f"Machine: {_machine_line(res['machine'])}.\n\n" + bench_colocate.markdown(res) + "\n"
+
+
+def lora_sync_section(res: dict | None) -> str:
+    """Full vs LoRA weight sync, side by side in one ``bench_sync.py --modes object_store,lora`` run."""
+    if not res:
+        return ("_Not run yet: `python scripts/bench_sync.py --sizes tiny,m60m --modes object_store,lora "
+                "--out runs/bench/sync_lora`._\n")
+    rows = [f"Machine: {_machine_line(res['machine'])}.", "",
+            "| model | full sync s | full MiB | LoRA (rank) sync s | adapter MiB | time ratio | bytes ratio |",
+            "|---|---|---|---|---|---|---|"]
+    sizes = sorted({k.split("/")[0] for k in res["results"]}, key=lambda k: res["results"][f"{k}/lora"]["parameters"]
+                   if f"{k}/lora" in res["results"] else 0)
+    for size in sizes:
+        full, lora = res["results"].get(f"{size}/object_store"), res["results"].get(f"{size}/lora")
+        if not full or not lora:
+            continue
+        rows.append(f"| {size} | {full['sync_s']:.3f} | {full['bytes'] / 2**20:.1f} | {lora['sync_s']:.3f} "
+                    f"(r={lora['lora_rank']}) | {lora['bytes'] / 2**20:.2f} | {full['sync_s'] / lora['sync_s']:.1f}x | "
+                    f"{full['bytes'] / lora['bytes']:.0f}x |")
+    return "\n".join(rows) + "\n"
+
+
 def write_report() -> None:
     e2e, sync, sc = _read("e2e"), _read("sync"), _read("scaling")
     made = plots(e2e, sync, sc)
     text = DOC.read_text() if DOC.exists() else ""
     sections = {"E2E": e2e_section(e2e), "SYNC": sync_section(sync), "SCALING": scaling_section(sc),
-                "MEMORY": memory_section(_read("memory")), "ASYNC": async_section(_read("async"))}
+                "MEMORY": memory_section(_read("memory")), "ASYNC": async_section(_read("async")),
+                "COLOCATE": colocate_section(_read("colocate")), "LORA_SYNC": lora_sync_section(_read("sync_lora"))}
     if not text:
         raise SystemExit(f"{DOC} is missing: it holds the method text around the generated tables")
     for name, body in sections.items():

@@ -94,6 +94,13 @@ def real_shape_model(cache: Path) -> tuple[Path, int]:
     return cache, int(json.loads((cache / "build_info.json").read_text())["parameters"])
 
 
+def bench_model(name: str, models_dir: Path) -> tuple[Path, int]:
+    """Model ``name`` of :data:`WORKLOADS` and its parameter count, built under ``models_dir`` if need be."""
+    if name == "real_shape":
+        return real_shape_model(models_dir / "real_shape")
+    return build_model(models_dir / name, name)
+
+
 def model_overrides(name: str, path: Path) -> list[str]:
     if name == "real_shape":  # its group sets the pixel bounds (256-1,280 visual tokens) and prompt length
         return ["model=real_shape", f"model.path={path}"]
@@ -355,10 +362,7 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     if unknown:
         p.error(f"--models {','.join(unknown)}: not one of {sorted(WORKLOADS)}")
     for name in a.models.split(","):
-        if name == "real_shape":
-            path, n_params = real_shape_model(out.parent / "models" / "real_shape")
-        else:
-            path, n_params = build_model(out.parent / "models" / name, name)
+        path, n_params = bench_model(name, out.parent / "models")
         work = WORKLOADS[name]
         given = {f.name: getattr(a, f.name) for f in dataclasses.fields(Workload) if getattr(a, f.name)}
         work = dataclasses.replace(work, **given)

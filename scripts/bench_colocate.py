@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_async import WORKLOADS, model_overrides, real_shape_model  # noqa: E402
-from bench_common import REPO, build_model, load, machine, write_json  # noqa: E402
+from bench_async import WORKLOADS, bench_model, model_overrides  # noqa: E402
+from bench_common import REPO, load, machine, write_json  # noqa: E402
 from bench_e2e import data_files  # noqa: E402
 
 LAYOUTS = ("split", "colocated", "colocated_lora")
@@ -89,9 +89,7 @@ def run_one(name: str, path: Path, layout: str, work: Any, files: tuple[Path, Pa
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"machine: {report['machine'].get('cpu_model', '?')} ({report['machine'].get('isa', '?')}), "
-             f"{report['machine'].get('cpus', '?')} CPUs", "",
-             "| model | layout | step s | rollout | sleep | old log-prob | update | sync | engine peak MiB | "
+    lines = ["| model | layout | step s | rollout | sleep | old log-prob | update | sync | engine peak MiB | "
              "learner peak MiB | max log-prob diff |", "|---" * 11 + "|"]
     for name, entry in report["results"].items():
         for layout, r in entry["runs"].items():
@@ -123,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in vars(a).items() if k != "out"},
                               "results": {}}
     for name in a.models.split(","):
-        if name == "real_shape":
-            path, n_params = real_shape_model(out.parent / "models" / "real_shape")
-        else:
-            path, n_params = build_model(out.parent / "models" / name, name)
+        path, n_params = bench_model(name, out.parent / "models")
         work = WORKLOADS[name]
         if a.steps:
             work = dataclasses.replace(work, steps=a.steps)
@@ -139,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {r['step_s']:.2f} s/step, peak RSS {r['peak_rss_total_mib']:.0f} MiB", flush=True)
             write_json(out / "results.json", report)
     write_json(out / "results.json", report)
-    print(markdown(report))
+    m = report["machine"]
+    print(f"{m['cpu_model']} ({m['isa']}), {m['cpus']} CPUs\n" + markdown(report))
     return report
 
 
