@@ -54,8 +54,9 @@ class FakeLearner:
 
 class FakeEngine:
     def __init__(self, model_path: str, cfg: Any, seed: int, device: str, max_model_len: int,
-                 cpu_affinity: tuple[int, ...]) -> None:
+                 cpu_affinity: tuple[int, ...], lora: Any, sleep_mode: bool) -> None:
         self.seed, self.loaded, self.max_model_len = seed, None, max_model_len
+        self.log: list[str] = []
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> list[SampleOut]:
@@ -64,17 +65,29 @@ class FakeEngine:
 
     def load_buckets(self, refs: Any, version: int) -> int:
         self.loaded = refs
+        self.log.append(f"load {version}")
         return version
+
+    def load_adapter(self, adapter: Any, version: int) -> int:
+        self.loaded = adapter
+        self.log.append(f"adapter {version}")
+        return version
+
+    def sleep(self) -> None:
+        self.log.append("sleep")
+
+    def wake(self, tags: list[str]) -> None:
+        self.log.append(f"wake {','.join(tags)}")
 
 
 class InProcessGroup:
     """Stands in for ActorGroup: same calls, actors are plain objects called directly."""
 
     def __init__(self, actor_cls: type, bundles: Any, args_per_actor: Any, *, name: str, what: str,
-                 policy: Any) -> None:
+                 policy: Any, pg: Any = None, share: float = 1.0) -> None:
         fake = FakeLearner if what == "learner rank" else FakeEngine
         self.actors = [fake(*a) for a in args_per_actor]
-        self.what, self.policy, self.pg, self.restarts = what, policy, None, 0
+        self.what, self.policy, self.pg, self.restarts = what, policy, pg, 0
 
     def call(self, method: str, *args: Any) -> list[Any]:
         return [getattr(a, method)(*args) for a in self.actors]
@@ -145,6 +158,22 @@ def test_rollout_pool_splits_prompts_and_keeps_group_major_order(cfg: Config) ->
     assert isinstance(rp.group.policy, Fail)
     rp.collective = False
     assert isinstance(rp.group.policy, Restart)
+
+
+def test_sleeping_engines_wake_weights_first_then_the_kv_cache(cfg: Config) -> None:
+    """Colocated pools: the engines sleep for the learners' turn; a sync wakes the weights, loads
+    into them, then wakes the KV cache (vLLM's order for an in-place update). Awake engines just load."""
+    from rl_vlm.distributed.sync.adapter import AdapterWeights
+
+    rp = pools.RolloutGroup(cfg, LAYOUT, "cpu")
+    rp.load_weights([["ref"]], 1)
+    rp.sleep()
+    adapter = AdapterWeights("ref", "{}", 8)
+    assert rp.load_weights(adapter, 2) == [2, 2, 2]
+    rp.load_weights([["ref"]], 3)
+    assert all(a.log == ["load 1", "sleep", "wake weights", "adapter 2", "wake kv_cache", "load 3"]
+               for a in rp.actors), rp.actors[0].log
+    assert rp.weight_version == 3
 
 
 def _members(proto: type) -> set[str]:

@@ -93,7 +93,7 @@ def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data
 
     # Each save sleeps inside the temporary directory; kill the whole driver process group
     # (SIGKILL: no handler runs) while step 4's checkpoint is being written.
-    proc = _launch(_overrides(warm_model_dir, data, run_dir), env={"RL_VLM_FAULT_SAVE_SLEEP_S": "6"})
+    proc = _launch(_overrides(warm_model_dir, data, run_dir), env={"RL_VLM_FAULT_SAVE_SLEEP_S": "3"})
     ckpts = run_dir / "checkpoints"
     deadline = time.time() + 600
     while not (ckpts.is_dir() and any(p.name.startswith(".tmp-step_4") for p in ckpts.iterdir())):

@@ -145,23 +145,3 @@ def test_pool_resources_go_into_every_bundle_of_their_pool() -> None:
     assert (cfg.cluster.weight_sync, cfg.cluster.weight_sync_bucket_mb) == ("collective", 8)
     assert compose([]).cluster.weight_sync == "auto"  # CPU runs keep the object store
 
-
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_adapter_tensors_are_cut_from_the_ranks_flat_partitions(world: int) -> None:
-    """The one flat all-gather of a LoRA sync: rank r's ZeRO-3 partitions of every tensor end to
-    end; the full tensors come back exactly, padding dropped."""
-    from rl_vlm.distributed.sync.adapter import from_partitions
-
-    tensors = [torch.randn(3, 5), torch.randn(7), torch.randn(2, 2, 2)]
-    sizes = [-(-t.numel() // world) for t in tensors]  # ceil: ZeRO-3's partition size
-    rows = []
-    for r in range(world):
-        row = []
-        for t, p in zip(tensors, sizes):
-            flat = torch.cat([t.reshape(-1), torch.zeros(p * world - t.numel())])
-            row.append(flat[r * p: (r + 1) * p])
-        rows.append(torch.cat(row))
-    got = from_partitions(torch.stack(rows), sizes, [tuple(t.shape) for t in tensors])
-    assert all(torch.equal(g, t) for g, t in zip(got, tensors))
-    with pytest.raises(ValueError):
-        from_partitions(torch.stack(rows), sizes[:2], [tuple(t.shape) for t in tensors[:2]])
