@@ -17,7 +17,7 @@ from rl_vlm.distributed.provider import SharedPools
 from rl_vlm.driver.controller import train
 from rl_vlm.driver.tracking import read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a system of its own (engines with LoRA slots)
 
 SYNC_TOL = 1e-3
 """As tests/e2e/test_train_e2e.py: fp32 on both sides, kernel order differs."""
