@@ -353,7 +353,8 @@ def _check_colocated_memory(cfg: Config) -> None:
     """The colocated layout must fit ``cluster.gpu_memory_gib`` (:mod:`rl_vlm.distributed.memory`);
     models whose shape is unknown here (not a local directory, not a listed hub id) are not checked."""
     from rl_vlm.algorithms import build_algorithm
-    from rl_vlm.distributed.memory import check_colocated_fits, model_shape
+    from rl_vlm.distributed.memory import check_colocated_fits
+    from rl_vlm.models.shape import model_shape
 
     shape = model_shape(cfg.model.path)
     if shape is not None:

@@ -37,16 +37,23 @@ def target_regex(lora: LoraConfig) -> str:
     text = rf"model\.language_model\.layers\.\d+\..*\.({names})"
     if not lora.vision_tower:
         return rf"(.*\.)?{text}"
-    wanted = set(lora.target_modules)
-    if wanted & {"q_proj", "k_proj", "v_proj"}:
-        wanted.add("qkv")
-    if "o_proj" in wanted:
-        wanted.add("proj")
+    wanted = vision_targets(lora.target_modules)
     vision = [layer for layer in VISION_BLOCK_LAYERS if layer.split(".")[-1] in wanted]
     if not vision:
         return rf"(.*\.)?{text}"
     vis = "|".join(re.escape(v) for v in vision)
     return rf"(.*\.)?({text}|model\.visual\.blocks\.\d+\.({vis}))"
+
+
+def vision_targets(target_modules: tuple[str, ...]) -> set[str]:
+    """The last name components of the ViT block layers ``target_modules`` names: the language
+    model's names, plus the ViT's fused ``qkv`` for any of q/k/v and its ``proj`` for o_proj."""
+    wanted = set(target_modules)
+    if wanted & {"q_proj", "k_proj", "v_proj"}:
+        wanted.add("qkv")
+    if "o_proj" in wanted:
+        wanted.add("proj")
+    return wanted
 
 
 def engine_max_lora_rank(rank: int) -> int:

@@ -29,16 +29,13 @@ from rl_vlm.config import (
 )
 from rl_vlm.distributed.memory import (
     GIB,
-    PUBLISHED_SHAPES,
-    ModelShape,
     activation_bytes,
     check_colocated_fits,
     estimate_colocated_memory,
     lora_params,
-    model_shape,
-    shape_from_hf_config,
     trainable_params,
 )
+from rl_vlm.models.shape import PUBLISHED_SHAPES, ModelShape, model_shape, shape_from_hf_config
 from rl_vlm.validation import validate
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ The base weights never move, so a sync costs the adapter's bytes, whatever the t
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,6 +55,25 @@ class PackedAdapter:
         if self.dtype == "bfloat16":
             rows = rows.view(torch.bfloat16)
         return dict(zip(self.names, from_partitions(rows, list(self.sizes), list(self.shapes)), strict=True))
+
+
+def gather_adapter(names: list[str], shapes: list[tuple[int, ...]], parts: list[torch.Tensor], rank: int,
+                   world: int) -> PackedAdapter | None:
+    """On every learner rank (collective when ``world`` > 1): all-gather this rank's ``parts``
+    (its ZeRO-3 partitions of the adapter tensors, or the whole tensors with ``world`` 1) in one
+    flat collective; rank 0 gets the :class:`PackedAdapter`, the others None."""
+    import torch
+
+    flat = torch.cat([t.detach().reshape(-1) for t in parts])
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
+        dist.all_gather_into_tensor(gathered, flat)  # rank-major: rank r's flat at [r * n, (r + 1) * n)
+        flat = gathered
+    if rank != 0:
+        return None
+    return pack_adapter(names, [t.numel() for t in parts], shapes, flat.view(world, -1))
 
 
 def pack_adapter(names: list[str], sizes: list[int], shapes: list[tuple[int, ...]],
@@ -108,10 +128,7 @@ def from_partitions(rows: torch.Tensor, sizes: list[int], shapes: list[tuple[int
     order, cut to its shape's size."""
     out, offset = [], 0
     for size, shape in zip(sizes, shapes, strict=True):
-        numel = 1
-        for d in shape:
-            numel *= d
-        out.append(rows[:, offset: offset + size].reshape(-1)[:numel].reshape(shape).clone())
+        out.append(rows[:, offset: offset + size].reshape(-1)[: math.prod(shape)].reshape(shape).clone())
         offset += size
     if offset != rows.shape[1]:
         raise ValueError(f"partitions of {offset} elements, but each rank sent {rows.shape[1]}")

@@ -42,28 +42,7 @@ from rl_vlm.distributed.workers.logprobs import (
     sequence_view_kl,
 )
 from rl_vlm.distributed.workers.logprobs import token_logprobs as token_logprobs  # re-exported for the tests
-
-
-def _partition(p: torch.nn.Parameter) -> torch.Tensor:
-    """The part of ``p`` this rank holds: its ZeRO-3 partition, or the whole tensor below stage 3."""
-    return p.ds_tensor.data if hasattr(p, "ds_tensor") else p.data
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _refresh_persistent(params: list[torch.nn.Parameter]) -> None:
-    """Re-gather the ZeRO-3 *persistent* parameters among ``params`` after their partitions were
-    written outside the optimizer (collective: every rank must call). DeepSpeed keeps parameters
-    below ``stage3_param_persistence_threshold`` gathered for good and re-gathers them only after
-    its own optimizer step, so a forward would otherwise still read their old full tensors."""
-    persistent = [p for p in params if getattr(p, "ds_persist", False)]
-    if persistent:
-        persistent[0].all_gather(persistent)  # type: ignore[attr-defined]
+from rl_vlm.distributed.workers.zero3 import partition, refresh_persistent, swapped_partitions
 
 
 def seed_everything(seed: int) -> None:
@@ -178,7 +157,7 @@ class Learner(ActorIdentity):
         self.ref_engine = frozen_copy() if self.algorithm.needs_reference and not lora.rank else None
         self.ema_engine = frozen_copy() if self.algorithm.ema_reference() is not None and not lora.rank else None
         if lora.rank and self.algorithm.ema_reference() is not None:
-            self._ema_adapter = [_partition(p).clone() for p in self._adapter_params()]
+            self._ema_adapter = [partition(p).clone() for p in self._adapter_params()]
         if lora.rank:
             from rl_vlm.distributed.sync.adapter import adapter_config_json
 
@@ -334,17 +313,8 @@ class Learner(ActorIdentity):
                 yield
         else:
             assert self._ema_adapter is not None, "no EMA reference: the algorithm asked for none"
-            params = self._adapter_params()
-            saved = [_partition(p).clone() for p in params]
-            for p, e in zip(params, self._ema_adapter, strict=True):
-                _partition(p).copy_(e)
-            _refresh_persistent(params)
-            try:
+            with swapped_partitions(self._adapter_params(), self._ema_adapter):
                 yield
-            finally:
-                for p, v in zip(params, saved, strict=True):
-                    _partition(p).copy_(v)
-                _refresh_persistent(params)
 
     @torch.no_grad()
     def compute_views(self) -> dict[str, dict[str, list[torch.Tensor]]]:
@@ -466,14 +436,14 @@ class Learner(ActorIdentity):
         the authors' update on gathered weights without gathering them."""
         if self._ema_adapter is not None:  # LoRA: the EMA of the adapter (the base is frozen)
             for p, dst in zip(self._adapter_params(), self._ema_adapter, strict=True):
-                dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
+                dst.lerp_(partition(p).to(dst.dtype), 1.0 - decay)
             return
         assert self.ema_engine is not None, "no EMA reference: the algorithm asked for none"
         ema_params = list(self.ema_engine.module.parameters())
         for p, q in zip(self.engine.module.parameters(), ema_params, strict=True):
-            dst = _partition(q)
-            dst.lerp_(_partition(p).to(dst.dtype), 1.0 - decay)
-        _refresh_persistent(ema_params)
+            dst = partition(q)
+            dst.lerp_(partition(p).to(dst.dtype), 1.0 - decay)
+        refresh_persistent(ema_params)
 
     # ---------------------------------------------------------------- weight sync
     def publish_adapter(self) -> AdapterWeights | None:
@@ -485,8 +455,7 @@ class Learner(ActorIdentity):
         if packed is None:
             return None
         return AdapterWeights(ray.put(packed), self._adapter_config,
-                              sum(_numel(shape) for shape in packed.shapes)
-                              * packed.rows.itemsize)
+                              sum(math.prod(shape) for shape in packed.shapes) * packed.rows.itemsize)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor] | None:
         """LoRA: the full adapter tensors under PEFT's saved names, on rank 0 (None elsewhere);
@@ -496,25 +465,14 @@ class Learner(ActorIdentity):
 
     def _packed_adapter(self) -> PackedAdapter | None:
         """Every rank's partitions of every adapter tensor in one all-gather (ZeRO-3), on rank 0."""
-        from rl_vlm.distributed.sync.adapter import pack_adapter
+        from rl_vlm.distributed.sync.adapter import gather_adapter
         from rl_vlm.models.lora import ADAPTER
 
         named = [(n.replace(f".{ADAPTER}.", "."), p) for n, p in self.engine.module.named_parameters()
                  if ".lora_A." in n or ".lora_B." in n]
-        names = [n for n, _ in named]
-        shapes = [tuple(getattr(p, "ds_shape", p.shape)) for _, p in named]
-        parts = [_partition(p).detach().reshape(-1) for _, p in named]
-        flat = torch.cat(parts)
-        if self.cfg.zero_stage == 3 and self.world_size > 1:
-            import torch.distributed as dist
-
-            gathered = torch.empty(self.world_size * flat.numel(), dtype=flat.dtype, device=flat.device)
-            dist.all_gather_into_tensor(gathered, flat)  # rank-major: rank r's flat at [r * n, (r + 1) * n)
-            flat = gathered
-        if self.rank != 0:
-            return None
-        world = self.world_size if self.cfg.zero_stage == 3 else 1
-        return pack_adapter(names, [t.numel() for t in parts], shapes, flat.view(world, -1))
+        return gather_adapter([n for n, _ in named], [tuple(getattr(p, "ds_shape", p.shape)) for _, p in named],
+                              [partition(p) for _, p in named], self.rank,
+                              self.world_size if self.cfg.zero_stage == 3 else 1)
 
     def publish_weights(self, bucket_bytes: int) -> list[Any]:
         """Put this rank's part of every parameter in the object store, in buckets of about
@@ -530,7 +488,7 @@ class Learner(ActorIdentity):
         if self.cfg.zero_stage != 3 and self.rank != 0:
             return []
         params = dict(self.engine.module.named_parameters())
-        return [ray.put([weight_part(s.name, s.shape, _partition(params[s.name])) for s in bucket])
+        return [ray.put([weight_part(s.name, s.shape, partition(params[s.name])) for s in bucket])
                 for bucket in self.weight_plan(bucket_bytes)]
 
     def weight_plan(self, bucket_bytes: int) -> list[list[Any]]:
@@ -580,7 +538,7 @@ class Learner(ActorIdentity):
                                     client_state={"optimizer_steps": self.optimizer_steps})
         state: dict[str, Any] = {"rng": rng_state(), "optimizer_steps": self.optimizer_steps}
         if self.ema_engine is not None:
-            state["ema"] = [_partition(q).clone() for q in self.ema_engine.module.parameters()]
+            state["ema"] = [partition(q).clone() for q in self.ema_engine.module.parameters()]
         if self._ema_adapter is not None:
             state["ema"] = [t.clone() for t in self._ema_adapter]
         torch.save(state, os.path.join(path, f"rank{self.rank}.pt"))
@@ -613,8 +571,8 @@ class Learner(ActorIdentity):
                     assert self.ema_engine is not None
                     ema_params = list(self.ema_engine.module.parameters())
                     for q, saved in zip(ema_params, state["ema"], strict=True):
-                        _partition(q).copy_(saved)
-                    _refresh_persistent(ema_params)
+                        partition(q).copy_(saved)
+                    refresh_persistent(ema_params)
         self.optimizer_steps = int(state["optimizer_steps"])
         set_rng_state(state["rng"])
         return self.optimizer_steps
