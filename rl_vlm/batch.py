@@ -119,6 +119,9 @@ class SequenceBatch:
     """[I, 3] (t, h, w) patch grid of each image, in sequence order."""
     images_per_seq: list[int]
     """[n] how many images each sequence has (their rows of ``image_grid_thw`` are consecutive)."""
+    image_source: list[int]
+    """[n] which image list each sequence shows: equal entries are the same images, encoded once
+    (:mod:`rl_vlm.distributed.workers.packing`)."""
     advantages: torch.Tensor | None = None
     """[n, T] float32 per-token advantage (0 off the response)."""
     old_logprobs: torch.Tensor | None = None

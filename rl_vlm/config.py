@@ -165,6 +165,18 @@ class LearnerConfig:
     """Prompts per optimizer step (``global_batch_size`` in EasyR1); must divide the rollout batch."""
     micro_batch_size: int = 8
     """Sequences per forward/backward on one rank; gradients are accumulated over micro-batches."""
+    max_tokens_per_micro_batch: int = 0
+    """> 0: micro-batches are sized by tokens, not sequences (verl's ``use_dynamic_bsz`` with
+    ``ppo_max_token_len_per_gpu``): each rank's share of a mini-batch is cut into the fewest
+    micro-batches whose prompt + response tokens stay within this budget, the same number on
+    every rank, sequences balanced over ranks and micro-batches by tokens
+    (:mod:`rl_vlm.distributed.sharding`); ``micro_batch_size`` is then unused. The loss is
+    unchanged (its denominators are the mini-batch's). Must hold the longest sequence,
+    ``data.max_prompt_length + rollout.max_new_tokens``. 0: ``micro_batch_size`` sequences."""
+    pack_sequences: bool = True
+    """No padding in the forward: a micro-batch's sequences are concatenated into one row, each
+    with its own mrope positions, and attention stays within a sequence (flash-attn's varlen
+    path on GPU, a block-diagonal causal mask with sdpa/eager). False: right-padded rows."""
     logprob_chunk_size: int = 256
     """Response positions per chunk when the learner turns hidden states into log-probs and
     entropies: the LM head and the fp32 ``[chunk, vocab]`` softmax run on this many positions at

@@ -54,9 +54,15 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
              f"a mini-batch of {lc.mini_batch_size} prompts x rollout.n={r.n} = {seqs} sequences "
              f"does not split evenly over {lc.num_ranks} ranks")
     per_rank = seqs // lc.num_ranks
-    _require(lc.micro_batch_size > 0 and per_rank % lc.micro_batch_size == 0, "learner.micro_batch_size",
+    _require(lc.max_tokens_per_micro_batch > 0 or
+             (lc.micro_batch_size > 0 and per_rank % lc.micro_batch_size == 0), "learner.micro_batch_size",
              f"{lc.micro_batch_size} must divide the {per_rank} sequences each rank gets per mini-batch "
              f"(learner.mini_batch_size * rollout.n / learner.num_ranks)")
+    longest = d.max_prompt_length + r.max_new_tokens
+    _require(lc.max_tokens_per_micro_batch == 0 or lc.max_tokens_per_micro_batch >= longest,
+             "learner.max_tokens_per_micro_batch",
+             f"{lc.max_tokens_per_micro_batch} tokens cannot hold the longest sequence, data.max_prompt_length + "
+             f"rollout.max_new_tokens = {longest}; raise it (or 0: micro_batch_size sequences)")
     _require(lc.old_logprobs == "recompute" or (r.temperature == 1.0 and r.top_p == 1.0), "learner.old_logprobs",
              f"'rollout' needs rollout.temperature=1 and rollout.top_p=1 (vLLM returns log-probs of the raw "
              f"distribution), got temperature={r.temperature}, top_p={r.top_p}; use 'recompute'")

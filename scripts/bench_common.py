@@ -207,3 +207,25 @@ def write_json(path: str | Path, obj: Any) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(obj, indent=2))
+
+
+REAL_SHAPE = "real_shape"
+"""The name benchmark rows give the real-shape model (rl_vlm/models/real_shape.py: Qwen2.5-VL's
+151,936-token vocabulary, token ids and vision geometry around narrow towers, 41 M parameters)."""
+REAL_SHAPE_ARTIFACT = REPO / "artifacts" / "real-shape-qwen2.5-vl"
+"""Where ``rl-vlm build-tiny-model --shape real`` writes it by default."""
+
+
+def real_shape_model(cache: str | Path) -> tuple[Path, int]:
+    """The real-shape model and its parameter count: :data:`REAL_SHAPE_ARTIFACT` if built there,
+    else the one in ``cache``, else built into ``cache`` as the CLI builds it (seed 0, the pinned
+    build; same bytes on every CPU)."""
+    from rl_vlm.models.real_shape import build_real_shape_model
+
+    cache = Path(cache)
+    for d in (REAL_SHAPE_ARTIFACT, cache):
+        info = d / "build_info.json"
+        if info.exists() and json.loads(info.read_text()).get("shape") == "real":
+            return d, int(json.loads(info.read_text())["parameters"])
+    build_real_shape_model(cache, seed=0)
+    return cache, int(json.loads((cache / "build_info.json").read_text())["parameters"])

@@ -12,11 +12,26 @@ temperature 1, lr, no KL (beta 0), one optimizer step per step, the same reward 
   pass (``num_iterations=1``: TRL uses the detached current log-probs), no weight sync.
 
 Reported per framework: steady-state seconds per step (median after ``--warmup`` steps),
-completions/s and generated tokens/s, and the ratio rl-vlm / TRL.
+completions/s, generated tokens/s and mean answer length, and the ratio rl-vlm / TRL.
+
+The ``real_shape`` row (``--sizes real_shape``; not in the default sizes) runs the real-shape model
+(rl_vlm/models/real_shape.py: Qwen2.5-VL's 151,936-token vocabulary, token ids and vision geometry
+around narrow towers; ``artifacts/real-shape-qwen2.5-vl`` if ``rl-vlm build-tiny-model --shape
+real`` wrote it, else built into the bench cache the same way). rl-vlm runs with its config group
+(``model=real_shape``: pixel bounds 200,704-1,003,520 = 256-1,280 visual tokens, so the 64x64
+easy-VQA images become 448x448 = 256 visual tokens; ``--real-image-pixels N`` fixes min = max = N
+pixels instead); TRL's processor gets the same bounds and the same pre-resized images. The row has
+its own defaults (2 prompts x 4 samples, <= 256 new tokens, micro-batches of 4, 3 steps of which 1
+warm-up; flags given on the command line win), both frameworks read the same P x steps prompts,
+and both stop an answer only at the model's EOS ids (random weights all but never sample them, so
+answers run to the cap; the mean length is printed per framework). It prints rl-vlm / TRL
+completions/s and whether the issue's target (>= 2x TRL at the real vocabulary and >= 256-token
+answers) is met.
 
     .venv/bin/python scripts/bench_e2e.py                      # tiny + m60m (~8 min on 2 cores)
     .venv/bin/python scripts/bench_e2e.py --smoke              # tiny, 2 steps
     .venv/bin/python scripts/bench_e2e.py --trl-threads 1 --rollout-threads 1   # on a loaded box
+    .venv/bin/python scripts/bench_e2e.py --sizes real_shape --frameworks rl_vlm,trl   # real shapes vs TRL
 """
 
 from __future__ import annotations
@@ -30,9 +45,34 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, build_model, load, machine, median, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    REAL_SHAPE,
+    REPO,
+    build_model,
+    load,
+    machine,
+    median,
+    real_shape_model,
+    write_json,
+)
 
 MIN_PIXELS = MAX_PIXELS = 112 * 112  # configs/model/tiny.yaml
+
+DEFAULTS: dict[str, int] = {"prompts": 4, "samples": 8, "max_new_tokens": 32, "micro_batch_size": 16, "warmup": 2}
+"""What the per-step flags default to (the tiny/m60m/... rows)."""
+REAL_ROW: dict[str, int] = {"prompts": 2, "samples": 4, "max_new_tokens": 256, "micro_batch_size": 4, "steps": 3,
+                            "warmup": 1}
+"""The real-shape row's own defaults (a flag given on the command line wins): rl-vlm + TRL in
+about 15 min on 2 cores."""
+REAL_SMOKE: dict[str, int] = {"prompts": 1, "samples": 2}
+"""On top of :data:`REAL_ROW` with ``--smoke --sizes real_shape`` (which also sets 2 steps, 1 warm-up)."""
+ROW_KEYS = ("prompts", "samples", "max_new_tokens", "micro_batch_size", "lr", "steps", "warmup", "seed")
+TARGET_RATIO = 2.0
+"""The issue's target: rl-vlm >= 2x TRL's completions/s at the real vocabulary ..."""
+TARGET_ANSWER_TOKENS = 256
+"""... and answers of >= 256 tokens."""
+STOP_RULE = ("both frameworks stop an answer at the model's EOS ids (<|im_end|> 151645, <|endoftext|> 151643; "
+             "generation_config.json) and at max_new_tokens; neither ignores EOS or forces a minimum length")
 
 
 def data_files(cache: Path) -> tuple[Path, Path]:
@@ -46,6 +86,73 @@ def data_files(cache: Path) -> tuple[Path, Path]:
     return train.parent / "train_color.jsonl", train.parent / "test_color.jsonl"
 
 
+def prompt_subset(src: Path, n: int, dest: Path) -> Path:
+    """The first ``n`` rows of ``src`` written to ``dest`` with absolute image paths: the real-shape
+    row's prompts, the same set for both frameworks."""
+    rows = []
+    with open(src, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            r["images"] = [im if not isinstance(im, str) or os.path.isabs(im) else str((src.parent / im).resolve())
+                           for im in r["images"]]
+            rows.append(r)
+            if len(rows) >= n:
+                break
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return dest
+
+
+def real_shape_inputs(model: Path, train_file: Path, val_file: Path, data_dir: Path,
+                      a: argparse.Namespace) -> dict[str, Any]:
+    """The real-shape row's rl-vlm model overrides, the pixel bounds they resolve to (TRL gets the
+    same), its prompt files, and the visual tokens per image those bounds give."""
+    from PIL import Image
+
+    from rl_vlm.compose import compose
+    from rl_vlm.data.images import FACTOR, load_image, smart_resize
+
+    pixels = ([f"model.min_pixels={a.real_image_pixels}", f"model.max_pixels={a.real_image_pixels}"]
+              if a.real_image_pixels else [])
+    overrides = ["model=real_shape", f"model.path={model}", *pixels]
+    m = compose(overrides).model
+    train = prompt_subset(train_file, a.prompts * a.steps, data_dir / "train.jsonl")
+    val = prompt_subset(val_file, 2, data_dir / "val.jsonl")
+    tokens = set()
+    with open(train, encoding="utf-8") as f:
+        for line in f:
+            img: Image.Image = load_image(json.loads(line)["images"][0], train.parent)
+            h, w = smart_resize(img.height, img.width, FACTOR, m.min_pixels, m.max_pixels)
+            tokens.add((h // FACTOR) * (w // FACTOR))
+    info = json.loads((model / "build_info.json").read_text())
+    return {"overrides": overrides, "min_pixels": m.min_pixels, "max_pixels": m.max_pixels,
+            "max_prompt_length": compose(overrides).data.max_prompt_length, "train_file": train, "val_file": val,
+            "visual_tokens": sorted(tokens), "vocab_size": info.get("vocab_size")}
+
+
+def row_settings(size: str, a: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+    """``a`` with the row's own defaults (:data:`REAL_ROW` for ``real_shape``) where no flag set them."""
+    d = dict(vars(a))
+    if size == REAL_SHAPE:
+        row = {**REAL_ROW, **(REAL_SMOKE if a.smoke else {})}
+        d.update({k: v for k, v in row.items() if k not in explicit})
+    d["steps"] = d["steps"] or (8 if size == "tiny" else 5)
+    return argparse.Namespace(**d)
+
+
+def target_line(fw: str, ratio: float, lengths: dict[str, float]) -> tuple[bool | None, str]:
+    """Whether the issue's target holds for ``fw`` / TRL (None: answers too short to say), and the line saying so."""
+    short = {k: v for k, v in lengths.items() if not v >= TARGET_ANSWER_TOKENS}
+    head = (f"target: {fw} >= {TARGET_RATIO:.0f}x TRL's completions/s at the real vocabulary with "
+            f">= {TARGET_ANSWER_TOKENS}-token answers:")
+    if short:
+        return None, (f"{head} not measured, answers averaged "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in short.items())
+                      + f" tokens (< {TARGET_ANSWER_TOKENS}; --max-new-tokens >= {TARGET_ANSWER_TOKENS})")
+    met = ratio >= TARGET_RATIO
+    return met, f"{head} {'met' if met else 'NOT met'} ({ratio:.2f}x)"
+
+
 def summarize(step_s: list[float], lengths: list[float], completions: int, warmup: int) -> dict[str, Any]:
     steady = step_s[warmup:] or step_s[-1:]
     lens = lengths[warmup:] or lengths[-1:]
@@ -56,14 +163,17 @@ def summarize(step_s: list[float], lengths: list[float], completions: int, warmu
 
 # ------------------------------------------------------------------------------------- rl-vlm
 def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argparse.Namespace,
-               old_logprobs: str = "recompute", pools: Any = None) -> dict[str, Any]:
+               old_logprobs: str = "recompute", pools: Any = None,
+               model_overrides: list[str] | None = None) -> dict[str, Any]:
+    """``model_overrides``: the model's config (default: ``model.path`` + the tiny rows' 112x112 pixels)."""
     from rl_vlm.compose import compose
     from rl_vlm.driver.controller import train
     from rl_vlm.driver.tracking import read_metrics
 
+    model_args = model_overrides or [f"model.path={model}", f"model.min_pixels={MIN_PIXELS}",
+                                     f"model.max_pixels={MAX_PIXELS}"]
     cfg = compose([
-        f"model.path={model}", f"data.train_files=[{train_file}]", f"data.val_files=[{val_file}]",
-        f"model.min_pixels={MIN_PIXELS}", f"model.max_pixels={MAX_PIXELS}",
+        *model_args, f"data.train_files=[{train_file}]", f"data.val_files=[{val_file}]",
         f"data.rollout_batch_size={a.prompts}", f"rollout.n={a.samples}", f"rollout.max_new_tokens={a.max_new_tokens}",
         "rollout.temperature=1.0", f"learner.mini_batch_size={a.prompts}",
         f"learner.micro_batch_size={a.micro_batch_size}", f"learner.lr={a.lr}", "algorithm.kl_coef=0.0",
@@ -79,7 +189,10 @@ def run_rl_vlm(model: Path, train_file: Path, val_file: Path, out: Path, a: argp
     res = summarize([r["perf/step_s"] for r in rows], [r["response/length_mean"] for r in rows],
                     a.prompts * a.samples, a.warmup)
     phases = sorted({k for r in rows for k in r if k.startswith("time/")})
-    res["phases"] = {k: median([r[k] for r in rows[a.warmup:] or rows[-1:] if k in r]) for k in phases}
+    steady = rows[a.warmup:] or rows[-1:]
+    res["phases"] = {k: median([r[k] for r in steady if k in r]) for k in phases}
+    for key, metric in (("truncated_frac", "response/truncated_frac"), ("prompt_length", "prompt/length_mean")):
+        res[key] = median([r[metric] for r in steady if metric in r])
     res["wall_s"] = wall
     return res
 
@@ -100,15 +213,16 @@ def reward_fn(completions: list[Any], answer: list[str], **_: Any) -> list[float
     from rl_vlm.rewards.format import format_reward
 
     out = []
-    for c, ans in zip(completions, answer):
+    for c, ans in zip(completions, answer, strict=True):
         text = c[-1]["content"] if isinstance(c, list) else c
         row = {"answer": ans}
         out.append(0.1 * format_reward(text, row) + 0.9 * accuracy_reward(text, row))
     return out
 
 
-def trl_dataset(train_file: Path, limit: int) -> Any:
-    """The same rows as rl-vlm reads: conversational prompt (the think_answer template) + image."""
+def trl_dataset(train_file: Path, limit: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Any:
+    """The same rows as rl-vlm reads: conversational prompt (the think_answer template) + image,
+    resized as rl-vlm resizes it (``min_pixels``/``max_pixels``)."""
     from datasets import Dataset
 
     from rl_vlm.data.images import load_image, resize_image
@@ -118,7 +232,7 @@ def trl_dataset(train_file: Path, limit: int) -> Any:
     with open(train_file, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            img = resize_image(load_image(r["images"][0], train_file.parent), MIN_PIXELS, MAX_PIXELS)
+            img = resize_image(load_image(r["images"][0], train_file.parent), min_pixels, max_pixels)
             rows.append({"prompt": [{"role": "user", "content": user_text(r["problem"], "think_answer")}],
                          "image": img, "answer": r["answer"]})
             if len(rows) >= limit:
@@ -126,7 +240,10 @@ def trl_dataset(train_file: Path, limit: int) -> Any:
     return Dataset.from_list(rows)
 
 
-def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
+def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace,
+            pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS), dataset_limit: int = 0) -> dict[str, Any]:
+    """``pixels``: (min, max) of the image processor and of the pre-resize, rl-vlm's for the row;
+    ``dataset_limit``: rows read from ``train_file`` (0: ``max(200, 4 x prompts x steps)``)."""
     import torch
     from transformers import (
         AutoProcessor,
@@ -147,9 +264,10 @@ def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace)
         logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0,
         disable_tqdm=True, log_completions=False, remove_unused_columns=False,
     )
+    min_pixels, max_pixels = pixels
     processor = AutoProcessor.from_pretrained(model_dir)
-    processor.image_processor.min_pixels = processor.image_processor.max_pixels = MIN_PIXELS
-    processor.image_processor.size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    processor.image_processor.min_pixels, processor.image_processor.max_pixels = min_pixels, max_pixels
+    processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation="sdpa")
     times: list[float] = []
@@ -161,8 +279,11 @@ def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace)
         def on_step_end(self, *_: Any, **__: Any) -> None:
             times.append(time.perf_counter() - self.t0)
 
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args,
-                          train_dataset=trl_dataset(train_file, limit=max(200, 4 * a.prompts * a.steps)),
+    dataset = trl_dataset(train_file, dataset_limit or max(200, 4 * a.prompts * a.steps), min_pixels, max_pixels)
+    # What TRL's processor makes of the first image: visual tokens = grid patches / merge^2.
+    grid = processor.image_processor(images=[dataset[0]["image"]], return_tensors="pt")["image_grid_thw"][0]
+    visual_tokens = int(grid.prod()) // processor.image_processor.merge_size ** 2
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset,
                           processing_class=processor, callbacks=[StepTimer()])
     t0 = time.perf_counter()
     trainer.train()
@@ -172,6 +293,13 @@ def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace)
     res = summarize(times, lengths or [float("nan")] * len(times), completions, a.warmup)
     res["wall_s"] = wall
     res["reward_mean"] = [h.get("reward") for h in logs]
+    steady = logs[a.warmup:] or logs[-1:]
+    res["truncated_frac"] = median([h["completions/clipped_ratio"] for h in steady if "completions/clipped_ratio" in h])
+    # num_tokens: prompt + completion tokens seen so far (every completion counts its prompt).
+    seen = [0.0] + [float(h.get("num_tokens", float("nan"))) for h in logs]
+    prompt_len = [(seen[i + 1] - seen[i]) / completions - n for i, n in enumerate(lengths)]
+    res["prompt_length"] = median(prompt_len[a.warmup:] or prompt_len[-1:])
+    res["visual_tokens"] = visual_tokens
     return res
 
 
@@ -181,13 +309,17 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     :class:`~rl_vlm.distributed.interfaces.PoolProvider` for the rl-vlm runs (default: a fresh
     system per run, as ``rl-vlm train`` starts one; the smoke tests pass their shared one)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="tiny,m60m", help="model sizes of bench_common.SIZES")
-    p.add_argument("--steps", type=int, default=0, help="steps per run (0: 8 for tiny, 5 otherwise)")
-    p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the median")
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--micro-batch-size", type=int, default=16)
+    p.add_argument("--sizes", default=None,
+                   help="model sizes of bench_common.SIZES, and/or real_shape (default tiny,m60m; --smoke: tiny)")
+    p.add_argument("--steps", type=int, default=0, help="steps per run (0: 8 for tiny, 3 for real_shape, 5 otherwise)")
+    p.add_argument("--warmup", type=int, default=None, help="leading steps left out of the median (2; real_shape 1)")
+    p.add_argument("--prompts", type=int, default=None, help="prompts per step (4; real_shape 2)")
+    p.add_argument("--samples", type=int, default=None, help="samples per prompt (8; real_shape 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="32; real_shape 256")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="sequences per micro-batch (16; real_shape 4)")
+    p.add_argument("--real-image-pixels", type=int, default=0,
+                   help="real_shape: min = max pixels of every image (0: the model=real_shape bounds, 200704-1003520, "
+                        "which make easy-VQA's 64x64 images 448x448 = 256 visual tokens; 802816 = 896x896 = 1,024)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--frameworks", default="rl_vlm,rl_vlm_rollout_lp,trl",
@@ -198,41 +330,87 @@ def main(argv: list[str] | None = None, pools: Any = None) -> dict[str, Any]:
     p.add_argument("--overrides", nargs="*", default=[],
                    help="extra config overrides for the rl-vlm runs, e.g. learner.num_ranks=1 learner.torch_threads=2")
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "e2e"))
-    p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 warm-up step")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny model (or --sizes), 2 steps, 1 warm-up step; real_shape: 1 prompt x 2 samples")
     a = p.parse_args(argv)
+    explicit = {k for k in DEFAULTS if getattr(a, k) is not None} | ({"steps"} if a.steps else set())
+    for k, v in DEFAULTS.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     if a.smoke:
-        a.sizes, a.steps, a.warmup = "tiny", 2, 1
+        a.sizes, a.steps, a.warmup = a.sizes or "tiny", 2, 1
+        explicit |= {"steps", "warmup"}
+    a.sizes = a.sizes or "tiny,m60m"
     out = Path(a.out)
     frameworks = a.frameworks.split(",")
     train_file, val_file = data_files(out.parent)
     report: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in vars(a).items() if k != "out"},
                               "results": {}}
+    m = report["machine"]
+    print(f"machine: {m['cpus']} CPUs, {m['cpu_model']} ({m['isa']}: {', '.join(m['isa_features']) or '-'}; torch "
+          f"kernels {m['torch_cpu_capability']}), {m['mem_gib']} GiB, load {m['load']}; "
+          + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), flush=True)
     skip = trl_available()
     if skip and "trl" in frameworks:
         print(f"skipping TRL: {skip}")
         report["trl_skipped"] = skip
         frameworks.remove("trl")
     for size in a.sizes.split(","):
-        model, n_params = build_model(out.parent / "models" / size, size)
-        steps = a.steps or (8 if size == "tiny" else 5)
-        run_args = argparse.Namespace(**{**vars(a), "steps": steps})
-        entry: dict[str, Any] = {"parameters": n_params, "steps": steps}
+        run_args = row_settings(size, a, explicit)
+        steps = run_args.steps
+        real: dict[str, Any] | None = None
+        row_train, row_val = train_file, val_file
+        if size == REAL_SHAPE:
+            model, n_params = real_shape_model(out.parent / "models" / REAL_SHAPE)
+            real = real_shape_inputs(model, train_file, val_file, out / f"{size}-prompts", run_args)
+            row_train, row_val = real["train_file"], real["val_file"]
+        else:
+            model, n_params = build_model(out.parent / "models" / size, size)
+        entry: dict[str, Any] = {"parameters": n_params, "steps": steps,
+                                 "settings": {k: getattr(run_args, k) for k in ROW_KEYS}}
+        if real is not None:
+            entry.update(model=str(model), vocab_size=real["vocab_size"], min_pixels=real["min_pixels"],
+                         max_pixels=real["max_pixels"], max_prompt_length=real["max_prompt_length"],
+                         visual_tokens=real["visual_tokens"], stop_rule=STOP_RULE, prompts_file=str(row_train))
+            print(f"{size}: {model} (vocabulary {real['vocab_size']:,}), {run_args.prompts} prompts x "
+                  f"{run_args.samples} samples, <= {run_args.max_new_tokens} new tokens, micro-batch "
+                  f"{run_args.micro_batch_size}, {steps} steps ({run_args.warmup} warm-up); pixels "
+                  f"{real['min_pixels']:,}-{real['max_pixels']:,} on both sides -> {real['visual_tokens']} visual "
+                  f"tokens per image; {STOP_RULE}", flush=True)
         for fw in frameworks:
             entry[f"{fw}_load_before"] = load()
             print(f"[{time.strftime('%H:%M:%S')}] {size} ({n_params / 1e6:.1f} M): {fw}, {steps} steps, load {load()}",
                   flush=True)
             run_dir = out / f"{size}-{fw}-{time.strftime('%Y%m%d-%H%M%S')}"
             if fw == "trl":
-                entry[fw] = run_trl(model, train_file, run_dir, run_args)
+                if real is not None:
+                    entry[fw] = run_trl(model, row_train, run_dir, run_args, (real["min_pixels"], real["max_pixels"]),
+                                        dataset_limit=run_args.prompts * steps)
+                else:
+                    entry[fw] = run_trl(model, train_file, run_dir, run_args)
             else:  # rl_vlm, or rl_vlm_rollout_lp: π_old from vLLM's sampling log-probs
-                entry[fw] = run_rl_vlm(model, train_file, val_file, run_dir, run_args,
-                                       "rollout" if fw == "rl_vlm_rollout_lp" else "recompute", pools)
-            print(f"  {fw}: {entry[fw]['step_s']:.2f} s/step, {entry[fw]['completions_per_s']:.1f} completions/s, "
-                  f"{entry[fw]['tokens_per_s']:.0f} tokens/s", flush=True)
+                entry[fw] = run_rl_vlm(model, row_train, row_val, run_dir, run_args,
+                                       "rollout" if fw == "rl_vlm_rollout_lp" else "recompute", pools,
+                                       real["overrides"] if real is not None else None)
+            r = entry[fw]
+            extra = ""
+            if real is not None:
+                extra = (f", truncated {r.get('truncated_frac', float('nan')):.2f}, prompt "
+                         f"{r.get('prompt_length', float('nan')):.0f} tokens")
+            print(f"  {fw}: {r['step_s']:.2f} s/step, {r['completions_per_s']:.2f} completions/s, "
+                  f"{r['tokens_per_s']:.0f} tokens/s, mean completion length {r['response_length']:.1f}{extra}",
+                  flush=True)
         for fw, key in (("rl_vlm", "speedup_completions_per_s"), ("rl_vlm_rollout_lp", "speedup_rollout_lp")):
             if fw in entry and "trl" in entry:
                 entry[key] = entry[fw]["completions_per_s"] / entry["trl"]["completions_per_s"]
                 print(f"  {fw} / TRL completions/s: {entry[key]:.2f}x", flush=True)
+                if real is not None:
+                    met, line = target_line(fw, entry[key], {fw: entry[fw]["response_length"],
+                                                             "trl": entry["trl"]["response_length"]})
+                    entry.setdefault("target", {})[fw] = {"ratio": TARGET_RATIO,
+                                                          "min_answer_tokens": TARGET_ANSWER_TOKENS, "met": met,
+                                                          "line": line}
+                    print(f"  {line}", flush=True)
         report["results"][size] = entry
         write_json(out / "results.json", report)
     report["machine"]["load_after"] = load()

@@ -81,6 +81,8 @@ def test_wrong_type_and_bad_choice_are_named() -> None:
 @pytest.mark.parametrize("overrides,key", [
     (["learner.mini_batch_size=5"], "learner.mini_batch_size"),
     (["learner.micro_batch_size=3"], "learner.micro_batch_size"),
+    # The budget must hold the longest sequence (prompt + answer).
+    (["learner.max_tokens_per_micro_batch=64"], "learner.max_tokens_per_micro_batch"),
     (["rollout.n=1"], "rollout.n"),
     (["rollout.val_n=4"], "rollout.val_temperature"),
     (["learner.num_ranks=3"], "learner.num_ranks"),
@@ -97,6 +99,11 @@ def test_wrong_type_and_bad_choice_are_named() -> None:
 def test_validation_names_the_offending_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose(overrides), check_paths=False)
+
+
+def test_a_token_budget_frees_the_micro_batch_size() -> None:
+    # micro_batch_size=3 does not divide the sequences a rank gets; with a budget it is unused.
+    validate(compose(["learner.micro_batch_size=3", "learner.max_tokens_per_micro_batch=4096"]), check_paths=False)
 
 
 def test_missing_model_path_is_reported() -> None:

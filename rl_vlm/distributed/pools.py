@@ -185,6 +185,8 @@ class RolloutGroup(_Pool):
 def _accumulation_steps(cfg: Config) -> int:
     """Micro-batches per rank and optimizer step: each rank gets its share of a mini-batch's
     ``mini_batch_size * rollout.n`` sequences, ``micro_batch_size`` at a time."""
+    if cfg.learner.max_tokens_per_micro_batch:
+        return 1  # the count varies with the lengths: the learner marks each step's last micro-batch itself
     per_rank_seqs = cfg.learner.mini_batch_size * cfg.rollout.n // cfg.learner.num_ranks
     return per_rank_seqs // cfg.learner.micro_batch_size
 
@@ -251,8 +253,11 @@ class LearnerGroup(_Pool):
         each mini-batch of ``shape.mini_batch_size`` prompts x ``shape.group_size`` sequences is
         cut into ``num_ranks`` contiguous slices) and hand every rank its
         :class:`~rl_vlm.distributed.sharding.RankShard`."""
+        lc = self.cfg.learner
         sharding = shard_step([len(r) for r in batch.response_ids], self.world_size,
-                              shape.mini_batch_size * shape.group_size, self.cfg.learner.micro_batch_size)
+                              shape.mini_batch_size * shape.group_size, lc.micro_batch_size,
+                              [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)],
+                              lc.max_tokens_per_micro_batch)
         self.sharding = sharding
         self.group.call_each("set_batch", [(s,) for s in rank_shards(batch, sharding, shape)])
 

@@ -10,6 +10,15 @@ optimizer step) is cut into ``world_size`` contiguous slices of equal length, sl
 A rank's slice of a mini-batch is what that device's optimizer step sees (a *device
 mini-batch*), cut again into micro-batches of ``micro_batch_size`` for gradient accumulation.
 
+Token budget (``learner.max_tokens_per_micro_batch`` > 0, verl's ``use_dynamic_bsz``). Sequence
+counts stop deciding the split; tokens do. Each mini-batch's sequences are dealt to the ranks so
+that every rank gets the same number of them with the token totals balanced (longest first, to
+the rank with the fewest tokens that still has room), and each rank's share is cut into the
+fewest micro-batches K whose token totals (prompt + response) stay within the budget, K the same
+on every rank (ZeRO-3 ranks must run the same forwards), the sequences balanced over them the
+same way. A sequence longer than the budget gets a micro-batch of its own. The denominators are
+those of the mini-batch, so the loss does not change with the split.
+
 The denominators. The algorithm normalises each micro-batch loss by totals over the whole
 mini-batch on *all* ranks (tokens, or non-empty sequences), so that summing micro-batch losses
 over micro-batches and ranks gives exactly the mini-batch loss, whatever the split (see
@@ -18,6 +27,7 @@ over micro-batches and ranks gives exactly the mini-batch loss, whatever the spl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +55,9 @@ class RankShard:
     response_ids: list[list[int]]
     """[n] response tokens."""
     mini_batches: list[list[int]]
+    micro_batches: list[list[list[int]]]
+    """``micro_batches[k]``: mini-batch k's micro-batches (positions into ``prompt_ids``), in the
+    order the rank runs them; every rank has the same number per mini-batch."""
     num_tokens: list[float]
     num_seqs: list[float]
     max_response_len: int
@@ -74,22 +87,68 @@ class StepSharding:
     unit some algorithms normalise statistics over (VPPO, GRPO-CARE)."""
     micro_batches: list[list[int]]
     """Global indices of every micro-batch, each device mini-batch cut into
-    ``micro_batch_size`` pieces, in the order of :attr:`device_mini_batches`."""
+    ``micro_batch_size`` pieces (or by the token budget), in the order of
+    :attr:`device_mini_batches`."""
+    rank_micro_batches: list[list[list[list[int]]]]
+    """Per rank, per mini-batch, its micro-batches as positions in that rank's ``assignment``
+    (its :attr:`RankShard.micro_batches`)."""
+
+
+def balanced_bins(items: Sequence[int], sizes: Sequence[int], bins: int, capacity: int = 0) -> list[list[int]]:
+    """Deal ``items`` (``sizes[i]`` tokens each) into ``bins`` lists with balanced token totals:
+    longest first (ties: lower index first), each to the bin with the fewest tokens among those
+    holding fewer than ``capacity`` items (0: no cap). Each bin keeps its items in input order.
+    With at least ``bins`` items no bin is left empty (the first ``bins`` go to empty bins)."""
+    load = [0] * bins
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for i in sorted(items, key=lambda i: (-sizes[i], i)):
+        room = [b for b in range(bins) if not capacity or len(members[b]) < capacity]
+        b = min(room, key=lambda b: (load[b], b))
+        load[b] += sizes[i]
+        members[b].append(i)
+    order = {i: k for k, i in enumerate(items)}
+    return [sorted(m, key=order.__getitem__) for m in members]
+
+
+def token_budget_micro_batches(parts: Sequence[Sequence[int]], sizes: Sequence[int], budget: int
+                               ) -> list[list[list[int]]]:
+    """Cut every rank's ``parts[r]`` (equally many items each) into the same number K of
+    micro-batches, the fewest for which every micro-batch of every rank holds at most ``budget``
+    tokens or a single item (one longer than the budget), balanced by :func:`balanced_bins`.
+    Returns, per rank, its K micro-batches."""
+    n = min((len(p) for p in parts), default=0)
+    if n == 0:
+        return [[] for _ in parts]
+    # A lower bound: an item over the budget fills a micro-batch by itself.
+    k = min(max(max(math.ceil(sum(min(sizes[i], budget) for i in p) / budget) for p in parts), 1), n)
+    while True:
+        cut = [balanced_bins(p, sizes, k) for p in parts]
+        if k >= n or all(len(m) == 1 or sum(sizes[i] for i in m) <= budget for c in cut for m in c):
+            return cut
+        k += 1
 
 
 def shard_step(response_lengths: Sequence[int], world_size: int, seqs_per_mini_batch: int,
-               micro_batch_size: int) -> StepSharding:
+               micro_batch_size: int, seq_lengths: Sequence[int] | None = None,
+               max_tokens_per_micro_batch: int = 0) -> StepSharding:
     """Split N = ``len(response_lengths)`` sequences (the mini-batches are consecutive runs of
     ``seqs_per_mini_batch``, the last one possibly shorter) over ``world_size`` ranks.
 
     Each rank gets ``len(mini-batch) // world_size`` sequences of every mini-batch, so the ranks
     run the same number of micro-batches (DeepSpeed accumulates a fixed count); a remainder would
     be left out of every rank but still counted in the denominators. The driver's batch sizes
-    divide evenly (config validation), so there is none in practice."""
+    divide evenly (config validation), so there is none in practice.
+
+    ``max_tokens_per_micro_batch`` > 0: the token-budget split of the module docstring, over
+    ``seq_lengths`` (prompt + response tokens of each sequence; required then)."""
     W, m = world_size, micro_batch_size
     N = len(response_lengths)
+    budget = max_tokens_per_micro_batch
+    if budget and (seq_lengths is None or len(seq_lengths) != N):
+        raise ValueError("a token budget needs every sequence's length (seq_lengths)")
     assignment: list[list[int]] = [[] for _ in range(W)]
     mbs: list[list[list[int]]] = [[] for _ in range(W)]
+    rank_micro: list[list[list[list[int]]]] = [[] for _ in range(W)]
     num_tokens: list[float] = []
     num_seqs: list[float] = []
     device_mini_batches: list[list[int]] = []
@@ -100,13 +159,22 @@ def shard_step(response_lengths: Sequence[int], world_size: int, seqs_per_mini_b
         num_tokens.append(float(sum(response_lengths[i] for i in idx)))
         num_seqs.append(float(sum(1 for i in idx if response_lengths[i])))
         per = len(idx) // W
-        for r in range(W):
-            part = idx[r * per: (r + 1) * per]
-            mbs[r].append(list(range(len(assignment[r]), len(assignment[r]) + len(part))))
+        if budget:
+            assert seq_lengths is not None
+            parts = balanced_bins(idx[: per * W], seq_lengths, W, capacity=per)
+            cuts = token_budget_micro_batches(parts, seq_lengths, budget)
+        else:
+            parts = [idx[r * per: (r + 1) * per] for r in range(W)]
+            cuts = [[p[j: j + m] for j in range(0, len(p), m)] for p in parts]
+        for r, (part, cut) in enumerate(zip(parts, cuts, strict=True)):
+            offset = len(assignment[r])
+            pos = {i: offset + j for j, i in enumerate(part)}
+            mbs[r].append(list(range(offset, offset + len(part))))
+            rank_micro[r].append([[pos[i] for i in micro] for micro in cut])
             assignment[r].extend(part)
             device_mini_batches.append(part)
-            micro_batches.extend(part[j: j + m] for j in range(0, len(part), m))
-    return StepSharding(assignment, mbs, num_tokens, num_seqs, device_mini_batches, micro_batches)
+            micro_batches.extend(cut)
+    return StepSharding(assignment, mbs, num_tokens, num_seqs, device_mini_batches, micro_batches, rank_micro)
 
 
 def intern(imgs: list[Any], images: list[list[Any]], distinct: dict[int, int]) -> int:
@@ -131,7 +199,8 @@ def rank_shards(batch: LearnerBatch, sharding: StepSharding, shape: StepShape) -
         shards.append(RankShard(
             images=images, image_index=image_index, view_index=view_index,
             prompt_ids=[batch.prompt_ids[i] for i in sel], response_ids=[batch.response_ids[i] for i in sel],
-            mini_batches=sharding.mini_batches[r], num_tokens=sharding.num_tokens, num_seqs=sharding.num_seqs,
+            mini_batches=sharding.mini_batches[r], micro_batches=sharding.rank_micro_batches[r],
+            num_tokens=sharding.num_tokens, num_seqs=sharding.num_seqs,
             max_response_len=shape.max_response_len, temperature=shape.temperature, step=shape.step,
             total_steps=shape.total_steps))
     return shards

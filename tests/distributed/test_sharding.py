@@ -11,6 +11,7 @@ import pytest
 
 from rl_vlm.batch import LearnerBatch, StepShape
 from rl_vlm.distributed.sharding import (
+    balanced_bins,
     gather,
     intern,
     per_rank,
@@ -139,3 +140,49 @@ def test_pure_modules_import_no_ray() -> None:
     code = ("import sys, rl_vlm.distributed.sharding, rl_vlm.distributed.interfaces, rl_vlm.distributed.group, "
             "rl_vlm.distributed.pools; assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------ token budget
+def test_balanced_bins_hand_computed() -> None:
+    # Longest first, each to the lightest bin with room (ties: the lower bin), kept in input order.
+    sizes = [10, 3, 7, 5, 2, 8, 4, 6]
+    assert balanced_bins(list(range(8)), sizes, 2, capacity=4) == [[0, 1, 6, 7], [2, 3, 4, 5]]
+    assert balanced_bins([0, 1, 6, 7], sizes, 3) == [[0], [7], [1, 6]]
+    assert balanced_bins([0, 1], sizes, 2) == [[0], [1]]
+
+
+def test_token_budget_split_hand_computed() -> None:
+    # Sequence lengths (prompt + response) 10, 3, 7, 5, 2, 8, 4, 6; one mini-batch of 8 over 2 ranks,
+    # a 12-token budget. Ranks (4 sequences each): 0, 1, 6, 7 (23 tokens) and 2, 3, 4, 5 (22). Rank 0
+    # cannot fit 2 micro-batches (10 + anything > 12), so both ranks run 3: {0} {7} {1, 6} and {5} {2} {3, 4}.
+    seq = [10, 3, 7, 5, 2, 8, 4, 6]
+    resp = [4, 1, 3, 2, 1, 5, 2, 3]
+    s = shard_step(resp, world_size=2, seqs_per_mini_batch=8, micro_batch_size=1, seq_lengths=seq,
+                   max_tokens_per_micro_batch=12)
+    assert s.assignment == [[0, 1, 6, 7], [2, 3, 4, 5]]
+    assert s.rank_micro_batches == [[[[0], [3], [1, 2]]], [[[3], [0], [1, 2]]]]
+    assert s.micro_batches == [[0], [7], [1, 6], [5], [2], [3, 4]]
+    assert s.num_tokens == [float(sum(resp))] and s.num_seqs == [8.0]
+    assert all(sum(seq[i] for i in m) <= 12 for m in s.micro_batches)
+
+
+def test_token_budget_same_count_on_every_rank_and_a_long_sequence_alone() -> None:
+    # Two mini-batches of 4 over 2 ranks; sequence 1 (30 tokens) is longer than the 16-token budget.
+    seq = [5, 30, 6, 4, 3, 3, 3, 3]
+    s = shard_step([1] * 8, world_size=2, seqs_per_mini_batch=4, micro_batch_size=1, seq_lengths=seq,
+                   max_tokens_per_micro_batch=16)
+    for r in range(2):
+        assert [len(m) for m in s.rank_micro_batches[r]] == [len(m) for m in s.rank_micro_batches[0]]
+    # Mini-batch 0: the 30-token sequence alone, the rest within 16; mini-batch 1 fits one micro-batch.
+    first = [m for m in s.micro_batches[:4]]
+    assert [1] in first and all(sum(seq[i] for i in m) <= 16 for m in first if m != [1])
+    assert [len(m) for m in s.rank_micro_batches[0]] == [2, 1]
+    # Every sequence is in exactly one micro-batch of its own rank and mini-batch.
+    for r in range(2):
+        for k, micros in enumerate(s.rank_micro_batches[r]):
+            assert sorted(i for m in micros for i in m) == s.mini_batches[r][k]
+
+
+def test_without_a_budget_micro_batches_are_runs_of_micro_batch_size() -> None:
+    s = shard_step(LENGTHS, world_size=2, seqs_per_mini_batch=8, micro_batch_size=2)
+    assert s.rank_micro_batches == [[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]]]

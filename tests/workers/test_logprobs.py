@@ -220,6 +220,9 @@ class FakeEngine(torch.nn.Module):
     def step(self) -> None:
         pass
 
+    def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None:
+        pass
+
     def get_global_grad_norm(self) -> None:
         return None
 
@@ -265,13 +268,14 @@ def tiny(tiny_model_dir: Path):
 
 
 def _learner(tiny, algorithm: AlgorithmConfig, chunk: int, cls: type[Learner] = Learner,
-             temperature: float = 0.7) -> Learner:
+             temperature: float = 0.7, pack: bool = True,
+             micro_batches: list[list[int]] | None = None) -> Learner:
     """A learner rank without DeepSpeed (no ``init``): the tiny model in a FakeEngine, and a shard of
     4 sequences (2 prompts x 2 responses of ragged lengths, so the two micro-batches of 2 differ in
     width), each view's images drawn with the algorithm's own transforms."""
     model, proc, images, prompts = tiny
-    learner = cls(0, 1, ModelConfig(), LearnerConfig(micro_batch_size=2, logprob_chunk_size=chunk), algorithm,
-                  "cpu", 0)
+    learner = cls(0, 1, ModelConfig(), LearnerConfig(micro_batch_size=2, logprob_chunk_size=chunk,
+                                                     pack_sequences=pack), algorithm, "cpu", 0)
     learner.engine, learner.processor = FakeEngine(model), proc
     learner.ref_engine = learner.ema_engine = None
     learner.image_token_id = model.config.image_token_id
@@ -288,7 +292,8 @@ def _learner(tiny, algorithm: AlgorithmConfig, chunk: int, cls: type[Learner] = 
     tokens = float(sum(len(r) for r in responses))
     learner.set_batch(RankShard(images=all_images, image_index=[0, 0, 1, 1], view_index=view_index,
                                 prompt_ids=[prompts[i // 2] for i in range(4)], response_ids=responses,
-                                mini_batches=[[0, 1, 2, 3]], num_tokens=[tokens], num_seqs=[4.0],
+                                mini_batches=[[0, 1, 2, 3]], micro_batches=[micro_batches or [[0, 1], [2, 3]]],
+                                num_tokens=[tokens], num_seqs=[4.0],
                                 max_response_len=9, temperature=temperature, step=1, total_steps=10))
     return learner
 
@@ -396,3 +401,62 @@ def test_tiny_model_update_equals_the_full_logits_update(tiny, algorithm: Algori
         assert new_m[k] == pytest.approx(old_m[k], abs=ATOL, nan_ok=True), k
     for k in new_g:
         torch.testing.assert_close(new_g[k], old_g[k], atol=ATOL, rtol=0, msg=k)
+
+
+def _update(learner: Learner) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    model = learner.engine.module
+    model.zero_grad(set_to_none=True)
+    old = learner.compute_logprobs()
+    learner.compute_views()
+    g = torch.Generator().manual_seed(7)
+    adv = [torch.randn(len(x), generator=g) for x in old]
+    metrics = learner.update(adv, [x - 0.05 * torch.rand(len(x), generator=g) for x in old], None)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return metrics, grads
+
+
+def _same_update(a: tuple[dict[str, float], dict[str, torch.Tensor]],
+                 b: tuple[dict[str, float], dict[str, torch.Tensor]]) -> None:
+    (m1, g1), (m2, g2) = a, b
+    assert m1.keys() == m2.keys() and g1.keys() == g2.keys() and g1
+    for k in m1:
+        assert m1[k] == pytest.approx(m2[k], abs=ATOL, nan_ok=True), k
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], atol=ATOL, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("algorithm", [
+    AlgorithmConfig(entropy_coef=0.01),
+    AlgorithmConfig(name="papo", papo=PapoConfig(recompute_with_grad=True)),
+], ids=["grpo_entropy_bonus", "papo_grad_view"])
+def test_packed_and_padded_forwards_give_the_same_update(tiny, algorithm: AlgorithmConfig) -> None:
+    """No padding (one packed row, per-sequence mrope, images encoded once) against right-padded rows
+    with every copy of an image encoded: the same log-probs, views, metrics and gradients."""
+    packed, padded = _learner(tiny, algorithm, 4), _learner(tiny, algorithm, 4, pack=False)
+    _close_lists(packed.compute_logprobs(), padded.compute_logprobs())
+    _same_update(_update(packed), _update(padded))
+
+
+def test_uneven_micro_batches_give_the_same_update(tiny) -> None:
+    """What a token budget does to a mini-batch (micro-batches of 1 and 3 sequences instead of 2 and
+    2) changes neither the metrics nor the gradient: the denominators are the mini-batch's."""
+    algorithm = AlgorithmConfig(entropy_coef=0.01)
+    even, uneven = _learner(tiny, algorithm, 4), _learner(tiny, algorithm, 4, micro_batches=[[1], [0, 2, 3]])
+    _same_update(_update(even), _update(uneven))
+
+
+def test_the_vision_tower_encodes_each_image_once(tiny) -> None:
+    """Sequences 0 and 1 answer the same prompt: their micro-batch sends one image to the tower."""
+    learner = _learner(tiny, AlgorithmConfig(), 4)
+    patches: list[int] = []
+    embed = learner.engine.module.model.visual.patch_embed
+    handle = embed.register_forward_pre_hook(lambda _m, args: patches.append(int(args[0].shape[0])))
+    try:
+        with torch.no_grad():
+            learner._hidden(learner.engine, learner._collate([0, 1]))
+            learner._hidden(learner.engine, learner._collate([0, 2]))
+    finally:
+        handle.remove()
+    # One tower call each; the shared image's call embedded one image's patches, the other two images'.
+    assert len(patches) == 2 and patches[1] == 2 * patches[0] > 0

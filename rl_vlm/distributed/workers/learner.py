@@ -42,6 +42,14 @@ from rl_vlm.distributed.workers.logprobs import (
     sequence_view_kl,
 )
 from rl_vlm.distributed.workers.logprobs import token_logprobs as token_logprobs  # re-exported for the tests
+from rl_vlm.distributed.workers.packing import (
+    distinct_images,
+    encode_once,
+    hf_model,
+    pack,
+    packed_position_ids,
+    unpack,
+)
 from rl_vlm.distributed.workers.zero3 import partition, refresh_persistent, swapped_partitions
 
 
@@ -241,19 +249,30 @@ class Learner(ActorIdentity):
             per_seq.append(int(thw.shape[0]))
         return SequenceBatch(input_ids=input_ids, attention_mask=attn, response_mask=resp,
                              pixel_values=torch.cat(pixels), image_grid_thw=torch.cat(grids),
-                             images_per_seq=per_seq)
+                             images_per_seq=per_seq, image_source=[image_of[i] for i in idx])
 
     def _hidden(self, module: torch.nn.Module, b: SequenceBatch) -> torch.Tensor:
-        """[n, T, H] final hidden states (the LM head's input); no logits are computed."""
-        dev = next(module.parameters()).device
-        ids = b.input_ids.to(dev)
-        # mrope needs to know which tokens are image tokens; without this transformers silently
-        # falls back to 1-D positions and the log-probs disagree with vLLM.
-        mm_types = (ids == self.image_token_id).int()
-        return final_hidden_states(
-            module, input_ids=ids, attention_mask=b.attention_mask.to(dev),
-            pixel_values=b.pixel_values.to(dev, dtype=next(module.parameters()).dtype),
-            image_grid_thw=b.image_grid_thw.to(dev), mm_token_type_ids=mm_types, use_cache=False)
+        """[n, T, H] final hidden states (the LM head's input); no logits are computed. Packed
+        without padding unless ``learner.pack_sequences=false``, each distinct image list encoded
+        once (:mod:`~rl_vlm.distributed.workers.packing`)."""
+        param = next(module.parameters())
+        dev, hf = param.device, hf_model(module)
+        ids, attn, grid = b.input_ids.to(dev), b.attention_mask.to(dev), b.image_grid_thw.to(dev)
+        distinct = distinct_images(b.pixel_values, b.image_grid_thw, b.images_per_seq, b.image_source,
+                                   hf.config.vision_config.spatial_merge_size)
+        pixels = b.pixel_values if distinct is None else distinct.pixel_values
+        inputs: dict[str, Any] = dict(pixel_values=pixels.to(dev, dtype=param.dtype), image_grid_thw=grid,
+                                      use_cache=False)
+        if self.cfg.pack_sequences:
+            positions = packed_position_ids(hf.model.get_rope_index, ids, attn, grid, self.image_token_id)
+            inputs.update(input_ids=pack(ids, attn), position_ids=positions)
+        else:
+            # mrope needs to know which tokens are image tokens; without this transformers silently
+            # falls back to 1-D positions and the log-probs disagree with vLLM.
+            inputs.update(input_ids=ids, attention_mask=attn, mm_token_type_ids=(ids == self.image_token_id).int())
+        with contextlib.nullcontext() if distinct is None else encode_once(hf.model.visual, distinct):
+            hidden = final_hidden_states(module, **inputs)
+        return unpack(hidden, attn) if self.cfg.pack_sequences else hidden
 
     def _forward(self, module: torch.nn.Module, b: SequenceBatch, entropy: EntropyMode
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -270,12 +289,23 @@ class Learner(ActorIdentity):
         """LM-head calls per micro-batch forward: the same on every rank and every micro-batch
         (ZeRO-3 traces module calls; see :func:`~rl_vlm.distributed.workers.logprobs._chunked`),
         enough chunks for a full micro-batch of the longest responses."""
-        capacity = self.cfg.micro_batch_size * max(self._shard().max_response_len, 1)
+        response = max(self._shard().max_response_len, 1)
+        budget = self.cfg.max_tokens_per_micro_batch
+        capacity = max(budget, response) if budget else self.cfg.micro_batch_size * response
         return max(math.ceil(capacity / self.cfg.logprob_chunk_size), 1)
 
-    def _micro_batches(self, seq_idx: list[int]) -> list[list[int]]:
-        m = self.cfg.micro_batch_size
-        return [seq_idx[i: i + m] for i in range(0, len(seq_idx), m)]
+    def _micro_batches(self) -> list[list[int]]:
+        """Every micro-batch of the shard, mini-batch after mini-batch (the no-grad passes)."""
+        return [micro for micros in self._shard().micro_batches for micro in micros]
+
+    def _accumulate(self, k: int) -> Iterator[list[int]]:
+        """Mini-batch k's micro-batches, each marked for DeepSpeed as the accumulation boundary
+        (reduce the gradients, step the optimizer) only when it is the last: their number varies
+        with the lengths under a token budget, so DeepSpeed's fixed count cannot say it."""
+        micros = self._shard().micro_batches[k]
+        for j, micro in enumerate(micros):
+            self.engine.set_gradient_accumulation_boundary(j == len(micros) - 1)
+            yield micro
 
     def _responses(self, values: torch.Tensor, micro: list[int], out: list[torch.Tensor]) -> None:
         """Cut the response part of [n, T] ``values`` into ``out[i]`` for each sequence i."""
@@ -294,9 +324,8 @@ class Learner(ActorIdentity):
         engine.eval()
         s = self._shard()
         out: list[torch.Tensor] = [torch.empty(0)] * len(s.prompt_ids)
-        order = [i for mb in s.mini_batches for i in mb]
         with self._lora_model(which) if lora else contextlib.nullcontext():
-            for micro in self._micro_batches(order):
+            for micro in self._micro_batches():
                 logp, _ = self._forward(engine, self._collate(micro), "none")
                 self._responses(logp, micro, out)
         return out
@@ -326,12 +355,11 @@ class Learner(ActorIdentity):
         self.engine.eval()
         s = self._shard()
         n = len(s.prompt_ids)
-        order = [i for mb in s.mini_batches for i in mb]
         for view in self.algorithm.views():
             res = {"old_logprobs": [torch.empty(0)] * n}
             if view.full_kl:
                 res.update(kl=[torch.empty(0)] * n, kl_rev=[torch.empty(0)] * n)
-            for micro in self._micro_batches(order):
+            for micro in self._micro_batches():
                 b = self._collate(micro, view.name)
                 hidden_v = self._hidden(self.engine, b)
                 dev, head, temperature = hidden_v.device, lm_head(self.engine), s.temperature
@@ -367,8 +395,8 @@ class Learner(ActorIdentity):
         totals: dict[str, float] = {}
         grad_norms, n_mb = [], len(s.mini_batches)
         grad_views = [v.name for v in self.algorithm.views() if v.with_grad]
-        for k, mb in enumerate(s.mini_batches):
-            for micro in self._micro_batches(mb):
+        for k in range(n_mb):
+            for micro in self._accumulate(k):
                 b = self._collate(micro)
                 # The entropy is a metric unless the loss uses its gradient: no graph then.
                 logp, ent = self._forward(self.engine, b, "grad" if self.algorithm.needs_entropy_grad else "value")
@@ -407,8 +435,8 @@ class Learner(ActorIdentity):
         s = self._shard()
         self.engine.train()
         loss_sum, grad_norms, n_mb = 0.0, [], len(s.mini_batches)
-        for k, mb in enumerate(s.mini_batches):
-            for micro in self._micro_batches(mb):
+        for k in range(n_mb):
+            for micro in self._accumulate(k):
                 b = self._collate(micro)
                 logp, _ = self._forward(self.engine, b, "none")
                 w = torch.tensor([weights[i] for i in micro], dtype=logp.dtype, device=logp.device)
