@@ -136,6 +136,18 @@ def row_settings(size: str, a: argparse.Namespace, explicit: set[str]) -> argpar
     if size == REAL_SHAPE:
         row = {**REAL_ROW, **(REAL_SMOKE if a.smoke else {})}
         d.update({k: v for k, v in row.items() if k not in explicit})
+        if "micro_batch_size" not in explicit:
+            # rl-vlm's micro-batch must divide what each learner rank gets per step
+            # (prompts x samples / ranks), e.g. 1 for 1 x 2 on 2 ranks; TRL gets the same.
+            from rl_vlm.config import LearnerConfig
+
+            ranks = next((int(o.split("=", 1)[1]) for o in a.overrides if o.startswith("learner.num_ranks=")),
+                         LearnerConfig().num_ranks)
+            per_rank = max(1, d["prompts"] * d["samples"] // ranks)
+            micro = min(d["micro_batch_size"], per_rank)
+            while per_rank % micro:
+                micro -= 1
+            d["micro_batch_size"] = micro
     d["steps"] = d["steps"] or (8 if size == "tiny" else 5)
     return argparse.Namespace(**d)
 

@@ -80,7 +80,10 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
     cfg = compose([
         f"model.path={warm_model_dir}", f"data.train_files=[{train_file}]", f"data.val_files=[{test_file}]",
         "data.rollout_batch_size=4", "data.val_size=8", "rollout.n=4", "rollout.max_new_tokens=32",
-        "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.micro_batch_size=2", "learner.lr=1e-3",
+        "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.lr=1e-3",
+        # Micro-batches sized by tokens (the longest sequence, 256 + 32): their count varies by
+        # mini-batch, and the ZeRO-3 ranks must still agree on it.
+        "learner.max_tokens_per_micro_batch=288",
         f"trainer.total_steps={steps}", "trainer.val_every=3", f"trainer.output_dir={run_dir}",
         "trainer.progress_bar=false", "trainer.save_final_model=true", "trainer.wandb_mode=offline",
         # Exercise the frozen-reference path (a second ZeRO-3 engine) and the k3 KL term.
@@ -101,6 +104,8 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
                     "time/update_s", "time/sync_s", "perf/tokens_per_s"):
             assert key in r, key
         assert r["actor/grad_norm"] > 0
+        # 2 mini-batches of 4 sequences per rank: 1 to 4 micro-batches each.
+        assert 2 <= r["actor/micro_batches"] <= 8, r["actor/micro_batches"]
         # k3 >= 0 exactly in real arithmetic; at step 1 (policy == reference) fp32 rounding of
         # exp(δ) − δ − 1 around δ ≈ 0 can leave ~1e-9 of either sign.
         assert r["actor/kl"] >= -1e-6
