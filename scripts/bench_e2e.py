@@ -278,7 +278,9 @@ def run_trl(model_dir: Path, train_file: Path, out: Path, a: argparse.Namespace,
     )
     min_pixels, max_pixels = pixels
     processor = AutoProcessor.from_pretrained(model_dir)
-    processor.image_processor.min_pixels, processor.image_processor.max_pixels = min_pixels, max_pixels
+    if hasattr(processor.image_processor, "min_pixels"):  # older transformers; 5.x reads ``size`` only (and
+        # warns that min_pixels/max_pixels attributes are deprecated, to be removed in 5.23)
+        processor.image_processor.min_pixels, processor.image_processor.max_pixels = min_pixels, max_pixels
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation="sdpa")

@@ -71,7 +71,6 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
     from PIL import Image
-    from transformers import AutoProcessor
 
     import rl_vlm.distributed.workers.learner as learner_mod
     from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
@@ -94,11 +93,10 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
     gas = 1 if budget else a.group // a.micro_batch
     learner.init("127.0.0.1", _free_port(), gas)
 
-    proc = AutoProcessor.from_pretrained(path)
+    proc = learner.processor  # the learner's own pixel limits, as the rollout's prompts are made
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (a.image_side, a.image_side, 3), dtype=np.uint8))
     text = render_prompt(proc, "what color is the shape?", 1, "think_answer")
-    prompt = proc(text=[text], images=[img], min_pixels=pixels, max_pixels=pixels,
-                  return_tensors="pt")["input_ids"][0].tolist()
+    prompt = proc(text=[text], images=[img], return_tensors="pt")["input_ids"][0].tolist()
     g = torch.Generator().manual_seed(1)
     responses = [torch.randint(1000, 100000, (n,), generator=g).tolist() for n in lengths]
     seq = [len(prompt) + n for n in lengths]
@@ -146,7 +144,7 @@ def spawn(variant: str, argv: list[str]) -> dict[str, Any]:
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     s = res["settings"]
-    rows = [f"{m.get('cpu', '?')} ({m.get('isa', '?')}), {m.get('cores', '?')} cores; real-shape model, one "
+    rows = [f"{m['cpu_model']} ({m['isa']}), {m['cpus']} cores, torch {m['versions']['torch']}; real-shape model, one "
             f"{s['image_side']} px image ({res.get('prompt_tokens', '?')} prompt tokens), {s['group']} answers of "
             f"{s['min_answer']}-{s['max_answer']} tokens, micro-batch {s['micro_batch']} / budget {s['budget']}",
             "", "| variant | s / mini-batch | tokens/s | tokens in the forward | peak extra MiB | micro-batches |",
