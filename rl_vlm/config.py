@@ -173,10 +173,13 @@ class LearnerConfig:
     (:mod:`rl_vlm.distributed.sharding`); ``micro_batch_size`` is then unused. The loss is
     unchanged (its denominators are the mini-batch's). Must hold the longest sequence,
     ``data.max_prompt_length + rollout.max_new_tokens``. 0: ``micro_batch_size`` sequences."""
-    pack_sequences: bool = True
-    """No padding in the forward: a micro-batch's sequences are concatenated into one row, each
-    with its own mrope positions, and attention stays within a sequence (flash-attn's varlen
-    path on GPU, a block-diagonal causal mask with sdpa/eager). False: right-padded rows."""
+    packing: Literal["auto", "on", "off"] = "auto"
+    """``on``: no padding in the forward. A micro-batch's sequences are concatenated into one row,
+    each with its own mrope positions, and attention stays within a sequence: flash-attn's varlen
+    kernel, or a block-diagonal causal mask under sdpa/eager. That mask spans the whole packed
+    row, so there attention costs (Σ lengths)² instead of n · T²: on CPU packing was slower than
+    padding (docs/benchmarks.md section 7). ``off``: right-padded rows. ``auto``: ``on`` with
+    ``flash_attention_2`` (after ``model.attn_implementation`` is resolved), else ``off``."""
     logprob_chunk_size: int = 256
     """Response positions per chunk when the learner turns hidden states into log-probs and
     entropies: the LM head and the fp32 ``[chunk, vocab]`` softmax run on this many positions at

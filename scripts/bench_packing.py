@@ -87,7 +87,7 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
     lengths = answer_lengths(a)
     packed = variant.startswith("packed")
     budget = a.budget if variant == "packed_budget" else 0
-    lc = LearnerConfig(num_ranks=1, micro_batch_size=a.micro_batch, lr=1e-5, pack_sequences=packed,
+    lc = LearnerConfig(num_ranks=1, micro_batch_size=a.micro_batch, lr=1e-5, packing="on" if packed else "off",
                        max_tokens_per_micro_batch=budget, logprob_chunk_size=256)
     learner = learner_mod.Learner(0, 1, model_cfg, lc, AlgorithmConfig(), "cpu", 0)
     gas = 1 if budget else a.group // a.micro_batch

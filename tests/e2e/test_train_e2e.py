@@ -82,8 +82,9 @@ def test_grpo_runs_end_to_end(warm_model_dir: Path, small_data: tuple[Path, Path
         "data.rollout_batch_size=4", "data.val_size=8", "rollout.n=4", "rollout.max_new_tokens=32",
         "learner.num_ranks=2", "learner.mini_batch_size=2", "learner.lr=1e-3",
         # Micro-batches sized by tokens (the longest sequence, 256 + 32): their count varies by
-        # mini-batch, and the ZeRO-3 ranks must still agree on it.
-        "learner.max_tokens_per_micro_batch=288",
+        # mini-batch, and the ZeRO-3 ranks must still agree on it. Packed (no padding; on CPU
+        # `auto` pads): the engine/learner agreement below then checks the packed forward too.
+        "learner.max_tokens_per_micro_batch=288", "learner.packing=on",
         f"trainer.total_steps={steps}", "trainer.val_every=3", f"trainer.output_dir={run_dir}",
         "trainer.progress_bar=false", "trainer.save_final_model=true", "trainer.wandb_mode=offline",
         # Exercise the frozen-reference path (a second ZeRO-3 engine) and the k3 KL term.

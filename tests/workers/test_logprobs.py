@@ -275,7 +275,7 @@ def _learner(tiny, algorithm: AlgorithmConfig, chunk: int, cls: type[Learner] = 
     width), each view's images drawn with the algorithm's own transforms."""
     model, proc, images, prompts = tiny
     learner = cls(0, 1, ModelConfig(), LearnerConfig(micro_batch_size=2, logprob_chunk_size=chunk,
-                                                     pack_sequences=pack), algorithm, "cpu", 0)
+                                                     packing="on" if pack else "off"), algorithm, "cpu", 0)
     learner.engine, learner.processor = FakeEngine(model), proc
     learner.ref_engine = learner.ema_engine = None
     learner.image_token_id = model.config.image_token_id

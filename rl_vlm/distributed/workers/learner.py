@@ -253,8 +253,10 @@ class Learner(ActorIdentity):
 
     def _hidden(self, module: torch.nn.Module, b: SequenceBatch) -> torch.Tensor:
         """[n, T, H] final hidden states (the LM head's input); no logits are computed. Packed
-        without padding unless ``learner.pack_sequences=false``, each distinct image list encoded
-        once (:mod:`~rl_vlm.distributed.workers.packing`)."""
+        without padding or right-padded, as ``learner.packing`` says, each distinct image list
+        encoded once (:mod:`~rl_vlm.distributed.workers.packing`)."""
+        packed = self.cfg.packing == "on" or (self.cfg.packing == "auto"
+                                              and self.model_cfg.attn_implementation == "flash_attention_2")
         param = next(module.parameters())
         dev, hf = param.device, hf_model(module)
         ids, attn, grid = b.input_ids.to(dev), b.attention_mask.to(dev), b.image_grid_thw.to(dev)
@@ -263,7 +265,7 @@ class Learner(ActorIdentity):
         pixels = b.pixel_values if distinct is None else distinct.pixel_values
         inputs: dict[str, Any] = dict(pixel_values=pixels.to(dev, dtype=param.dtype), image_grid_thw=grid,
                                       use_cache=False)
-        if self.cfg.pack_sequences:
+        if packed:
             positions = packed_position_ids(hf.model.get_rope_index, ids, attn, grid, self.image_token_id)
             inputs.update(input_ids=pack(ids, attn), position_ids=positions)
         else:
@@ -272,7 +274,7 @@ class Learner(ActorIdentity):
             inputs.update(input_ids=ids, attention_mask=attn, mm_token_type_ids=(ids == self.image_token_id).int())
         with contextlib.nullcontext() if distinct is None else encode_once(hf.model.visual, distinct):
             hidden = final_hidden_states(module, **inputs)
-        return unpack(hidden, attn) if self.cfg.pack_sequences else hidden
+        return unpack(hidden, attn) if packed else hidden
 
     def _forward(self, module: torch.nn.Module, b: SequenceBatch, entropy: EntropyMode
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:

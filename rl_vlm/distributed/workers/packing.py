@@ -1,5 +1,5 @@
 """The learner's forward layout: a micro-batch's sequences packed into one row, no padding
-(``learner.pack_sequences``), and each distinct image encoded once however many of the
+(``learner.packing``), and each distinct image encoded once however many of the
 micro-batch's sequences show it (the G responses of a group share their prompt's images).
 
 Packing. The ``[n, T]`` right-padded micro-batch becomes one ``[1, L]`` row of its L real tokens.
