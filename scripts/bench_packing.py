@@ -13,9 +13,13 @@ real (unpadded) tokens per second, peak resident memory above the start of the l
 
     padded_every_copy  before: right-padded rows of micro_batch_size, each response's copy of the
                        image through the vision tower (the distinct-image map is switched off)
-    padded_once        right-padded rows, each distinct image encoded once
-    packed_once        the default: one packed row per micro-batch, each image once
-    packed_budget      packed, micro-batches sized by ``--budget`` tokens instead of a count
+    padded_once        right-padded rows, each distinct image encoded once (the CPU default,
+                       ``learner.packing=auto`` under sdpa)
+    padded_budget      padded, micro-batches sized by ``--budget`` tokens instead of a count
+                       (``learner.max_tokens_per_micro_batch``)
+    packed_once        one packed row per micro-batch, each image once (``learner.packing=on``;
+                       the default with flash-attn)
+    packed_budget      packed, micro-batches sized by ``--budget`` tokens
 
     .venv/bin/python scripts/bench_packing.py                 # group 8, answers 256..1024, micro-batch 4
     .venv/bin/python scripts/bench_packing.py --smoke         # group 2, answers 16..64, image 224 px
@@ -40,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, machine, write_json  # noqa: E402
 from bench_memory import PeakRSS, strict_malloc  # noqa: E402
 
-VARIANTS = ("padded_every_copy", "padded_once", "packed_once", "packed_budget")
+VARIANTS = ("padded_every_copy", "padded_once", "padded_budget", "packed_once", "packed_budget")
 
 
 def _free_port() -> int:
@@ -86,7 +90,7 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
                             max_pixels=pixels)
     lengths = answer_lengths(a)
     packed = variant.startswith("packed")
-    budget = a.budget if variant == "packed_budget" else 0
+    budget = a.budget if variant.endswith("_budget") else 0
     lc = LearnerConfig(num_ranks=1, micro_batch_size=a.micro_batch, lr=1e-5, packing="on" if packed else "off",
                        max_tokens_per_micro_batch=budget, logprob_chunk_size=256)
     learner = learner_mod.Learner(0, 1, model_cfg, lc, AlgorithmConfig(), "cpu", 0)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-answer", type=int, default=1024)
     p.add_argument("--image-side", type=int, default=896)
     p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--budget", type=int, default=0, help="packed_budget's tokens per micro-batch "
+    p.add_argument("--budget", type=int, default=0, help="the *_budget variants' tokens per micro-batch "
                    "(0: micro-batch x (prompt + mean answer))")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)

@@ -148,7 +148,7 @@ class ColocatedMemory:
     """Update, at the optimizer step (activations freed by then): the fp32 copy of one sub-group's
     gradient partition; 0 when the optimizer runs on the host."""
     tokens: int
-    """Tokens per micro-batch: ``learner.micro_batch_size x (data.max_prompt_length + rollout.max_new_tokens)``."""
+    """Tokens per micro-batch (:func:`micro_batch_tokens`)."""
 
     @property
     def resident(self) -> int:
@@ -212,12 +212,21 @@ def _vision_trains(cfg: Config) -> bool:
     return not cfg.model.freeze_vision_tower
 
 
+def micro_batch_tokens(cfg: Config) -> int:
+    """The most tokens one micro-batch holds: ``learner.max_tokens_per_micro_batch`` when set (a
+    lone longer sequence is refused at validation), else ``learner.micro_batch_size x
+    (data.max_prompt_length + rollout.max_new_tokens)`` (sequences padded to the longest)."""
+    lc = cfg.learner
+    return lc.max_tokens_per_micro_batch or lc.micro_batch_size * (cfg.data.max_prompt_length
+                                                                    + cfg.rollout.max_new_tokens)
+
+
 def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     """Peak bytes autograd holds for one micro-batch (sdpa/flash attention: no [T, T] scores).
 
-    Token budget: T = ``micro_batch_size x (max_prompt_length + max_new_tokens)`` (sequences are
-    padded to the longest); every prompt token may be visual, so the ViT sees up to
-    ``merge^2 x micro_batch_size x max_prompt_length`` patches.
+    Token budget: T = :func:`micro_batch_tokens`; every prompt token may be visual, so the ViT
+    sees up to ``merge^2 x micro_batch_size x max_prompt_length`` patches, or ``merge^2 x T``
+    under a token budget (any of its tokens may be a prompt's).
 
     Per decoder layer and token, the tensors autograd saves (counted in elements of the model
     dtype): two RMSNorms that upcast to fp32 (3H each: the fp32 input, the normalised output),
@@ -235,10 +244,11 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     The ViT's saved tensors stay through the language model's backward; the ViT's own backward
     runs after the language model's has freed its activations, hence the ``max``.
     """
-    m, d, r = cfg.model, cfg.data, cfg.rollout
+    m, lc = cfg.model, cfg.learner
     a = _dtype_bytes(m.dtype)
-    tokens = cfg.learner.micro_batch_size * (d.max_prompt_length + r.max_new_tokens)
-    patches = cfg.learner.micro_batch_size * d.max_prompt_length * shape.spatial_merge_size**2
+    tokens = micro_batch_tokens(cfg)
+    prompt_tokens = tokens if lc.max_tokens_per_micro_batch else lc.micro_batch_size * cfg.data.max_prompt_length
+    patches = prompt_tokens * shape.spatial_merge_size**2
     h, hv = shape.hidden, shape.vision_hidden
     text_layer = tokens * a * (12 * h + 3 * shape.kv_dim + 4 * shape.intermediate)
     vision_block = patches * a * (13 * hv + 4 * shape.vision_intermediate)
@@ -308,7 +318,7 @@ def estimate_colocated_memory(cfg: Config, shape: ModelShape, needs_reference: b
         engine_sleeping=int(ENGINE_SLEEP_RESIDUAL * pool), gathered=gathered,
         activations=activation_bytes(cfg, shape),
         logprob_chunk=LOGPROB_CHUNK_FP32_COPIES * 4 * lc.logprob_chunk_size * shape.vocab,
-        optimizer_step=optimizer_step, tokens=lc.micro_batch_size * seq)
+        optimizer_step=optimizer_step, tokens=micro_batch_tokens(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +364,13 @@ def _micro_batch_fix(cfg: Config, shape: ModelShape, fits: Callable[[Config], bo
     """The largest smaller ``learner.micro_batch_size`` that fits and divides the sequences a rank
     gets per mini-batch (as validation requires)."""
     lc = cfg.learner
+    if lc.max_tokens_per_micro_batch:  # the largest smaller budget (halving) that still holds a sequence
+        seq, budget = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, lc.max_tokens_per_micro_batch // 2
+        while budget >= seq:
+            if fits(_replace(cfg, "learner", max_tokens_per_micro_batch=budget)):
+                return f"learner.max_tokens_per_micro_batch={budget}"
+            budget //= 2
+        return None
     per_rank = lc.mini_batch_size * cfg.rollout.n // max(lc.num_ranks, 1)
     for mb in range(lc.micro_batch_size - 1, 0, -1):
         if per_rank % mb == 0:
@@ -431,7 +448,7 @@ def check_colocated_fits(cfg: Config, shape: ModelShape, needs_reference: bool,
         overrides += working(cfg, _learner_fixes(cfg))
         key = overrides[0].split("=")[0] if overrides else "learner.micro_batch_size"
         transient = (f"ZeRO-3 gathered parameters {_g(e.gathered)}, activations {_g(e.activations)} for "
-                     f"{lc.micro_batch_size} x {seq} tokens, log-prob chunk {_g(e.logprob_chunk)}")
+                     f"{e.tokens} tokens, log-prob chunk {_g(e.logprob_chunk)}")
         if e.optimizer_step > e.gathered + e.activations + e.logprob_chunk:
             transient = f"the optimizer step's fp32 gradients {_g(e.optimizer_step)}"
         raise ConfigError(

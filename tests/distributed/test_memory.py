@@ -339,7 +339,7 @@ def test_too_high_utilisation_is_lowered() -> None:
 def test_update_without_checkpointing_names_it() -> None:
     cfg, shape, msg = _refusal(["model.gradient_checkpointing=false"])
     assert msg.startswith("model.gradient_checkpointing: the update needs ")
-    assert "activations" in msg and "for 4 x 4096 tokens" in msg
+    assert "activations" in msg and "for 16384 tokens" in msg
     for fix in _suggested(msg):
         check_colocated_fits(_apply(cfg, fix), shape, needs_reference=False)
 
@@ -351,6 +351,23 @@ def test_update_with_a_huge_micro_batch_names_it() -> None:
     size = int(micro.split("=")[1])
     assert 4 <= size < 80 and 80 % size == 0
     check_colocated_fits(_apply(cfg, micro), shape, needs_reference=False)
+
+
+def test_a_token_budget_sizes_the_activations() -> None:
+    # 8 tokens, as micro-batch 1 x (6 + 2); the ViT may then see 8 * 4 = 32 patches (any token a prompt's).
+    e = estimate_colocated_memory(_toy_cfg(max_tokens_per_micro_batch=8), TOY, needs_reference=True)
+    assert e.tokens == 8
+    text_peak = 3 * 8 * 8 * 2 + 2 * (8 * 2 * 172)
+    # ViT inputs (1+1) * 32 * 4 * 2, block 32 * 2 * (13*4 + 4*8)
+    assert e.activations == 512 + max(text_peak, 2 * 32 * 2 * 84) == 11264
+
+
+def test_update_with_a_huge_token_budget_names_it() -> None:
+    cfg, shape, msg = _refusal(["learner.max_tokens_per_micro_batch=327680"])  # 80 sequences of 4 k tokens
+    assert msg.startswith("learner.max_tokens_per_micro_batch: the update needs ")
+    fix = next(f for f in _suggested(msg) if f.startswith("learner.max_tokens_per_micro_batch="))
+    assert 6144 <= int(fix.split("=")[1]) < 327680
+    check_colocated_fits(_apply(cfg, fix), shape, needs_reference=False)
 
 
 def test_pool_too_small_for_the_engine() -> None:
