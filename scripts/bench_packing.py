@@ -104,7 +104,7 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     responses = [torch.randint(1000, 100000, (n,), generator=g).tolist() for n in lengths]
     seq = [len(prompt) + n for n in lengths]
-    split = shard_step(lengths, 1, a.group, a.micro_batch, seq, budget)
+    split = shard_step(lengths, 1, a.group, a.micro_batch, seq, budget, not packed)
     from rl_vlm.distributed.sharding import RankShard
 
     shard = RankShard(images=[[img]], image_index=[0] * a.group, view_index={}, prompt_ids=[prompt] * a.group,

@@ -38,6 +38,7 @@ from rl_vlm.distributed.sharding import (
 )
 from rl_vlm.distributed.sync.adapter import AdapterWeights
 from rl_vlm.distributed.sync.collective import CollectiveSync
+from rl_vlm.distributed.workers.packing import packs
 from rl_vlm.validation import engine_max_model_len, resolve_model
 
 __all__ = ["LearnerGroup", "RolloutGroup", "WorkerFailure"]
@@ -202,7 +203,8 @@ class LearnerGroup(_Pool):
         self.cfg, self.device = cfg, device
         n = cfg.learner.num_ranks
         self.world_size = n
-        args = [(r, n, resolve_model(cfg.model, device), cfg.learner, cfg.algorithm, device, cfg.trainer.seed,
+        self.model = resolve_model(cfg.model, device)
+        args = [(r, n, self.model, cfg.learner, cfg.algorithm, device, cfg.trainer.seed,
                  cfg.cluster.learner_cpu_affinity) for r in range(len(layout.learner_bundles))]
         self.group = ActorGroup(Learner, layout.learner_bundles, args, name="rl_vlm_learner",
                                 what="learner rank", policy=Fail(), pg=pg, share=layout.share)
@@ -220,7 +222,8 @@ class LearnerGroup(_Pool):
         if cfg.learner.num_ranks != self.world_size:
             raise ValueError(f"learner.num_ranks={cfg.learner.num_ranks}, but this pool has {self.world_size} ranks")
         self.cfg = cfg
-        self.num_params = self.group.call("reinit", resolve_model(cfg.model, self.device), cfg.learner,
+        self.model = resolve_model(cfg.model, self.device)
+        self.num_params = self.group.call("reinit", self.model, cfg.learner,
                                           cfg.algorithm, cfg.trainer.seed,
                                           _accumulation_steps(cfg))[0]
         self.sharding = shard_step([], self.world_size, 1, 1)
@@ -257,7 +260,7 @@ class LearnerGroup(_Pool):
         sharding = shard_step([len(r) for r in batch.response_ids], self.world_size,
                               shape.mini_batch_size * shape.group_size, lc.micro_batch_size,
                               [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)],
-                              lc.max_tokens_per_micro_batch)
+                              lc.max_tokens_per_micro_batch, not packs(lc.packing, self.model.attn_implementation))
         self.sharding = sharding
         self.group.call_each("set_batch", [(s,) for s in rank_shards(batch, sharding, shape)])
 

@@ -14,10 +14,12 @@ Token budget (``learner.max_tokens_per_micro_batch`` > 0, verl's ``use_dynamic_b
 counts stop deciding the split; tokens do. Each mini-batch's sequences are dealt to the ranks so
 that every rank gets the same number of them with the token totals balanced (longest first, to
 the rank with the fewest tokens that still has room), and each rank's share is cut into the
-fewest micro-batches K whose token totals (prompt + response) stay within the budget, K the same
-on every rank (ZeRO-3 ranks must run the same forwards), the sequences balanced over them the
-same way. A sequence longer than the budget gets a micro-batch of its own. The denominators are
-those of the mini-batch, so the loss does not change with the split.
+fewest micro-batches K whose tokens (prompt + response) stay within the budget, K the same on
+every rank (ZeRO-3 ranks must run the same forwards). A packed forward (no padding) counts each
+micro-batch's token sum and balances the sequences over the K micro-batches the same way; a
+padded one counts rows x the longest row and groups similar lengths instead, so that little of
+the budget is padding. A sequence longer than the budget gets a micro-batch of its own. The
+denominators are those of the mini-batch, so the loss does not change with the split.
 
 The denominators. The algorithm normalises each micro-batch loss by totals over the whole
 mini-batch on *all* ranks (tokens, or non-empty sequences), so that summing micro-batch losses
@@ -110,27 +112,54 @@ def balanced_bins(items: Sequence[int], sizes: Sequence[int], bins: int, capacit
     return [sorted(m, key=order.__getitem__) for m in members]
 
 
-def token_budget_micro_batches(parts: Sequence[Sequence[int]], sizes: Sequence[int], budget: int
-                               ) -> list[list[list[int]]]:
+def _cost(micro: Sequence[int], sizes: Sequence[int], padded: bool) -> int:
+    """Tokens the forward of ``micro`` sees: its rows padded to the longest, or their sum packed."""
+    return len(micro) * max(sizes[i] for i in micro) if padded else sum(sizes[i] for i in micro)
+
+
+def _padded_runs(items: Sequence[int], sizes: Sequence[int], budget: int, k: int = 0) -> list[list[int]]:
+    """Longest first, consecutive runs whose padded cost stays within ``budget`` (a single item
+    may exceed it); then, while fewer than ``k``, the costliest run with two or more items is
+    halved. Similar lengths share a micro-batch, so little is padding."""
+    runs: list[list[int]] = []
+    for i in sorted(items, key=lambda i: (-sizes[i], i)):
+        if runs and _cost([*runs[-1], i], sizes, True) <= budget:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    while len(runs) < k:
+        j = max((j for j in range(len(runs)) if len(runs[j]) > 1), key=lambda j: _cost(runs[j], sizes, True))
+        half = len(runs[j]) // 2
+        runs[j: j + 1] = [runs[j][:half], runs[j][half:]]
+    order = {i: n for n, i in enumerate(items)}
+    return [sorted(r, key=order.__getitem__) for r in runs]
+
+
+def token_budget_micro_batches(parts: Sequence[Sequence[int]], sizes: Sequence[int], budget: int,
+                               padded: bool = False) -> list[list[list[int]]]:
     """Cut every rank's ``parts[r]`` (equally many items each) into the same number K of
-    micro-batches, the fewest for which every micro-batch of every rank holds at most ``budget``
-    tokens or a single item (one longer than the budget), balanced by :func:`balanced_bins`.
-    Returns, per rank, its K micro-batches."""
+    micro-batches, the fewest for which every micro-batch of every rank costs at most ``budget``
+    tokens (:func:`_cost`) or holds a single item (one longer than the budget). Packed: the items
+    balanced over the K micro-batches by :func:`balanced_bins`. Padded: runs of similar lengths
+    (:func:`_padded_runs`). Returns, per rank, its K micro-batches."""
     n = min((len(p) for p in parts), default=0)
     if n == 0:
         return [[] for _ in parts]
+    if padded:
+        k = max(len(_padded_runs(p, sizes, budget)) for p in parts)
+        return [_padded_runs(p, sizes, budget, k) for p in parts]
     # A lower bound: an item over the budget fills a micro-batch by itself.
     k = min(max(max(math.ceil(sum(min(sizes[i], budget) for i in p) / budget) for p in parts), 1), n)
     while True:
         cut = [balanced_bins(p, sizes, k) for p in parts]
-        if k >= n or all(len(m) == 1 or sum(sizes[i] for i in m) <= budget for c in cut for m in c):
+        if k >= n or all(len(m) == 1 or _cost(m, sizes, False) <= budget for c in cut for m in c):
             return cut
         k += 1
 
 
 def shard_step(response_lengths: Sequence[int], world_size: int, seqs_per_mini_batch: int,
                micro_batch_size: int, seq_lengths: Sequence[int] | None = None,
-               max_tokens_per_micro_batch: int = 0) -> StepSharding:
+               max_tokens_per_micro_batch: int = 0, padded: bool = False) -> StepSharding:
     """Split N = ``len(response_lengths)`` sequences (the mini-batches are consecutive runs of
     ``seqs_per_mini_batch``, the last one possibly shorter) over ``world_size`` ranks.
 
@@ -140,7 +169,8 @@ def shard_step(response_lengths: Sequence[int], world_size: int, seqs_per_mini_b
     divide evenly (config validation), so there is none in practice.
 
     ``max_tokens_per_micro_batch`` > 0: the token-budget split of the module docstring, over
-    ``seq_lengths`` (prompt + response tokens of each sequence; required then)."""
+    ``seq_lengths`` (prompt + response tokens of each sequence; required then), counting the
+    padding when the forward pads (``padded``)."""
     W, m = world_size, micro_batch_size
     N = len(response_lengths)
     budget = max_tokens_per_micro_batch
@@ -162,7 +192,7 @@ def shard_step(response_lengths: Sequence[int], world_size: int, seqs_per_mini_b
         if budget:
             assert seq_lengths is not None
             parts = balanced_bins(idx[: per * W], seq_lengths, W, capacity=per)
-            cuts = token_budget_micro_batches(parts, seq_lengths, budget)
+            cuts = token_budget_micro_batches(parts, seq_lengths, budget, padded)
         else:
             parts = [idx[r * per: (r + 1) * per] for r in range(W)]
             cuts = [[p[j: j + m] for j in range(0, len(p), m)] for p in parts]

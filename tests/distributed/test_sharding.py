@@ -186,3 +186,35 @@ def test_token_budget_same_count_on_every_rank_and_a_long_sequence_alone() -> No
 def test_without_a_budget_micro_batches_are_runs_of_micro_batch_size() -> None:
     s = shard_step(LENGTHS, world_size=2, seqs_per_mini_batch=8, micro_batch_size=2)
     assert s.rank_micro_batches == [[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]]]
+
+
+def test_padded_token_budget_groups_similar_lengths_hand_computed() -> None:
+    # The same split with a padded forward: a micro-batch costs rows x its longest row. Rank 0
+    # (10, 3, 4, 6): {10} {6, 4} (2 x 6 = 12) {3}; rank 1 (7, 5, 2, 8): {8} {7} {5, 2} (2 x 5 = 10).
+    seq = [10, 3, 7, 5, 2, 8, 4, 6]
+    s = shard_step([1] * 8, world_size=2, seqs_per_mini_batch=8, micro_batch_size=1, seq_lengths=seq,
+                   max_tokens_per_micro_batch=12, padded=True)
+    assert s.micro_batches == [[0], [6, 7], [1], [5], [2], [3, 4]]
+    assert s.rank_micro_batches == [[[[0], [2, 3], [1]]], [[[3], [0], [1, 2]]]]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_token_budget_invariants(padded: bool, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    W, per_mb, budget = rng.choice([1, 2, 4]), 16, 64
+    seq = [rng.choice([rng.randint(4, 40), rng.randint(40, 80)]) for _ in range(3 * per_mb)]
+    s = shard_step([n // 2 for n in seq], world_size=W, seqs_per_mini_batch=per_mb, micro_batch_size=1,
+                   seq_lengths=seq, max_tokens_per_micro_batch=budget, padded=padded)
+    for k in range(3):
+        counts = {len(s.rank_micro_batches[r][k]) for r in range(W)}
+        assert len(counts) == 1  # the same number of forwards on every rank
+        for r in range(W):
+            micros = s.rank_micro_batches[r][k]
+            assert sorted(i for m in micros for i in m) == s.mini_batches[r][k] and all(micros)
+            for m in micros:
+                lengths = [seq[s.assignment[r][i]] for i in m]
+                cost = len(m) * max(lengths) if padded else sum(lengths)
+                assert cost <= budget or len(m) == 1

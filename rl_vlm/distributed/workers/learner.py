@@ -48,6 +48,7 @@ from rl_vlm.distributed.workers.packing import (
     hf_model,
     pack,
     packed_position_ids,
+    packs,
     unpack,
 )
 from rl_vlm.distributed.workers.zero3 import partition, refresh_persistent, swapped_partitions
@@ -255,8 +256,7 @@ class Learner(ActorIdentity):
         """[n, T, H] final hidden states (the LM head's input); no logits are computed. Packed
         without padding or right-padded, as ``learner.packing`` says, each distinct image list
         encoded once (:mod:`~rl_vlm.distributed.workers.packing`)."""
-        packed = self.cfg.packing == "on" or (self.cfg.packing == "auto"
-                                              and self.model_cfg.attn_implementation == "flash_attention_2")
+        packed = packs(self.cfg.packing, self.model_cfg.attn_implementation)
         param = next(module.parameters())
         dev, hf = param.device, hf_model(module)
         ids, attn, grid = b.input_ids.to(dev), b.attention_mask.to(dev), b.image_grid_thw.to(dev)

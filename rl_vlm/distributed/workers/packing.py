@@ -39,6 +39,13 @@ def hf_model(module: torch.nn.Module) -> Any:
     return m.get_base_model() if hasattr(m, "get_base_model") else m
 
 
+def packs(packing: str, attn_implementation: str) -> bool:
+    """Whether ``learner.packing`` packs under the resolved ``model.attn_implementation``: ``on``,
+    or ``auto`` with flash-attn (whose varlen kernel makes packing free; under sdpa/eager the
+    block-diagonal mask spans the packed row)."""
+    return packing == "on" or (packing == "auto" and attn_implementation == "flash_attention_2")
+
+
 # ----------------------------------------------------------------------- distinct images
 @dataclass(frozen=True)
 class DistinctImages:
@@ -144,4 +151,5 @@ def unpack(packed: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return out.masked_scatter(keep[..., None], packed[0])
 
 
-__all__ = ["DistinctImages", "distinct_images", "encode_once", "hf_model", "pack", "packed_position_ids", "unpack"]
+__all__ = ["DistinctImages", "distinct_images", "encode_once", "hf_model", "pack", "packed_position_ids", "packs",
+           "unpack"]
