@@ -77,13 +77,14 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
 
     import rl_vlm.distributed.workers.learner as learner_mod
+    import rl_vlm.distributed.workers.packing as packing_mod
     from rl_vlm.config import AlgorithmConfig, LearnerConfig, ModelConfig
     from rl_vlm.data.prompt import render_prompt
     from rl_vlm.distributed.sharding import shard_step
 
     torch.set_num_threads(a.threads)
     if variant == "padded_every_copy":
-        learner_mod.distinct_images = lambda *_args, **_kw: None  # every copy through the tower
+        packing_mod.distinct_images = lambda *_args, **_kw: None  # every copy through the tower
     path = model_dir(a)
     pixels = a.image_side ** 2
     model_cfg = ModelConfig(path=str(path), dtype="float32", attn_implementation="sdpa", min_pixels=pixels,

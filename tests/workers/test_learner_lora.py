@@ -45,8 +45,8 @@ def _shard(model_dir: Path) -> RankShard:
     responses = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (5, 9, 3, 7)]
     return RankShard(images=[[i] for i in images], image_index=[0, 0, 1, 1], view_index={},
                      prompt_ids=[prompts[i // 2] for i in range(4)], response_ids=responses,
-                     mini_batches=[[0, 1, 2, 3]], micro_batches=[[[0, 1], [2, 3]]], num_tokens=[24.0], num_seqs=[4.0], max_response_len=9,
-                     temperature=1.0, step=1, total_steps=10)
+                     mini_batches=[[0, 1, 2, 3]], micro_batches=[[[0, 1], [2, 3]]], num_tokens=[24.0], num_seqs=[4.0],
+                     max_response_len=9, temperature=1.0, step=1, total_steps=10)
 
 
 def _advantages(shard: RankShard) -> list[torch.Tensor]:

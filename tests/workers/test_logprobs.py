@@ -381,26 +381,7 @@ def test_tiny_model_views_equal_the_full_logits(tiny, algorithm: AlgorithmConfig
 def test_tiny_model_update_equals_the_full_logits_update(tiny, algorithm: AlgorithmConfig) -> None:
     """The whole learner update (views, loss, backward) gives the same metrics and parameter
     gradients as the same update with every position's logits."""
-    results = []
-    for cls in (Learner, FullLogitsLearner):
-        learner = _learner(tiny, algorithm, 3, cls)
-        model = learner.engine.module
-        model.zero_grad(set_to_none=True)
-        old = learner.compute_logprobs()
-        learner.compute_views()
-        g = torch.Generator().manual_seed(7)
-        adv = [torch.randn(len(x), generator=g) for x in old]
-        old_shifted = [x - 0.05 * torch.rand(len(x), generator=g) for x in old]
-        metrics = learner.update(adv, old_shifted, None)
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        results.append((metrics, grads))
-    (new_m, new_g), (old_m, old_g) = results
-    assert new_m.keys() == old_m.keys() and new_g.keys() == old_g.keys() and new_g
-    for k in new_m:
-        assert new_m[k] == pytest.approx(old_m[k], abs=ATOL, nan_ok=True), k
-    for k in new_g:
-        torch.testing.assert_close(new_g[k], old_g[k], atol=ATOL, rtol=0, msg=k)
+    _same_update(_update(_learner(tiny, algorithm, 3)), _update(_learner(tiny, algorithm, 3, FullLogitsLearner)))
 
 
 def _update(learner: Learner) -> tuple[dict[str, float], dict[str, torch.Tensor]]:

@@ -36,21 +36,12 @@ from rl_vlm.distributed.sync.adapter import AdapterWeights, PackedAdapter
 from rl_vlm.distributed.workers.identity import ActorIdentity, pin_to_cpus
 from rl_vlm.distributed.workers.logprobs import (
     EntropyMode,
-    final_hidden_states,
     lm_head,
     sequence_logprobs,
     sequence_view_kl,
 )
 from rl_vlm.distributed.workers.logprobs import token_logprobs as token_logprobs  # re-exported for the tests
-from rl_vlm.distributed.workers.packing import (
-    distinct_images,
-    encode_once,
-    hf_model,
-    pack,
-    packed_position_ids,
-    packs,
-    unpack,
-)
+from rl_vlm.distributed.workers.packing import micro_batch_hidden, packs
 from rl_vlm.distributed.workers.zero3 import partition, refresh_persistent, swapped_partitions
 
 
@@ -257,24 +248,7 @@ class Learner(ActorIdentity):
         without padding or right-padded, as ``learner.packing`` says, each distinct image list
         encoded once (:mod:`~rl_vlm.distributed.workers.packing`)."""
         packed = packs(self.cfg.packing, self.model_cfg.attn_implementation)
-        param = next(module.parameters())
-        dev, hf = param.device, hf_model(module)
-        ids, attn, grid = b.input_ids.to(dev), b.attention_mask.to(dev), b.image_grid_thw.to(dev)
-        distinct = distinct_images(b.pixel_values, b.image_grid_thw, b.images_per_seq, b.image_source,
-                                   hf.config.vision_config.spatial_merge_size)
-        pixels = b.pixel_values if distinct is None else distinct.pixel_values
-        inputs: dict[str, Any] = dict(pixel_values=pixels.to(dev, dtype=param.dtype), image_grid_thw=grid,
-                                      use_cache=False)
-        if packed:
-            positions = packed_position_ids(hf.model.get_rope_index, ids, attn, grid, self.image_token_id)
-            inputs.update(input_ids=pack(ids, attn), position_ids=positions)
-        else:
-            # mrope needs to know which tokens are image tokens; without this transformers silently
-            # falls back to 1-D positions and the log-probs disagree with vLLM.
-            inputs.update(input_ids=ids, attention_mask=attn, mm_token_type_ids=(ids == self.image_token_id).int())
-        with contextlib.nullcontext() if distinct is None else encode_once(hf.model.visual, distinct):
-            hidden = final_hidden_states(module, **inputs)
-        return unpack(hidden, attn) if packed else hidden
+        return micro_batch_hidden(module, b, packed, self.image_token_id)
 
     def _forward(self, module: torch.nn.Module, b: SequenceBatch, entropy: EntropyMode
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -301,9 +275,8 @@ class Learner(ActorIdentity):
         return [micro for micros in self._shard().micro_batches for micro in micros]
 
     def _accumulate(self, k: int) -> Iterator[list[int]]:
-        """Mini-batch k's micro-batches, each marked for DeepSpeed as the accumulation boundary
-        (reduce the gradients, step the optimizer) only when it is the last: their number varies
-        with the lengths under a token budget, so DeepSpeed's fixed count cannot say it."""
+        """Mini-batch k's micro-batches, the last one marked as DeepSpeed's accumulation boundary
+        (their number varies with the lengths under a token budget; DeepSpeed's count is fixed)."""
         micros = self._shard().micro_batches[k]
         for j, micro in enumerate(micros):
             self.engine.set_gradient_accumulation_boundary(j == len(micros) - 1)

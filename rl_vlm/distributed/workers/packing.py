@@ -31,6 +31,9 @@ from typing import Any
 
 import torch
 
+from rl_vlm.batch import SequenceBatch
+from rl_vlm.distributed.workers.logprobs import final_hidden_states
+
 
 def hf_model(module: torch.nn.Module) -> Any:
     """The Hugging Face ``Qwen2_5_VLForConditionalGeneration`` inside a DeepSpeed engine
@@ -151,5 +154,30 @@ def unpack(packed: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return out.masked_scatter(keep[..., None], packed[0])
 
 
-__all__ = ["DistinctImages", "distinct_images", "encode_once", "hf_model", "pack", "packed_position_ids", "packs",
-           "unpack"]
+# ----------------------------------------------------------------------- the forward
+def micro_batch_hidden(module: torch.nn.Module, b: SequenceBatch, packed: bool, image_token_id: int) -> torch.Tensor:
+    """[n, T, H] final hidden states of micro-batch ``b`` (the LM head's input; no logits),
+    packed without padding when ``packed`` (else right-padded), each distinct image list encoded
+    once. ``module``: the model, a DeepSpeed engine or a PEFT wrapper around it."""
+    param = next(module.parameters())
+    dev, hf = param.device, hf_model(module)
+    ids, attn, grid = b.input_ids.to(dev), b.attention_mask.to(dev), b.image_grid_thw.to(dev)
+    distinct = distinct_images(b.pixel_values, b.image_grid_thw, b.images_per_seq, b.image_source,
+                               hf.config.vision_config.spatial_merge_size)
+    pixels = b.pixel_values if distinct is None else distinct.pixel_values
+    inputs: dict[str, Any] = dict(pixel_values=pixels.to(dev, dtype=param.dtype), image_grid_thw=grid,
+                                  use_cache=False)
+    if packed:
+        positions = packed_position_ids(hf.model.get_rope_index, ids, attn, grid, image_token_id)
+        inputs.update(input_ids=pack(ids, attn), position_ids=positions)
+    else:
+        # mrope needs to know which tokens are image tokens; without this transformers silently
+        # falls back to 1-D positions and the log-probs disagree with vLLM.
+        inputs.update(input_ids=ids, attention_mask=attn, mm_token_type_ids=(ids == image_token_id).int())
+    with contextlib.nullcontext() if distinct is None else encode_once(hf.model.visual, distinct):
+        hidden = final_hidden_states(module, **inputs)
+    return unpack(hidden, attn) if packed else hidden
+
+
+__all__ = ["DistinctImages", "distinct_images", "encode_once", "hf_model", "micro_batch_hidden", "pack",
+           "packed_position_ids", "packs", "unpack"]
