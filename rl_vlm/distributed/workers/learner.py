@@ -397,8 +397,7 @@ class Learner(ActorIdentity):
             grad_norms.append(self._after_optimizer_step())
         totals["grad_norm"] = float(np.mean(grad_norms)) / self.world_size  # the driver sums over ranks
         totals["lr"] = float(self.engine.get_lr()[0]) / self.world_size
-        # Per rank and step (the same on every rank; the driver sums over ranks).
-        totals["micro_batches"] = sum(len(m) for m in s.micro_batches) / self.world_size
+        totals["micro_batches"] = sum(len(m) for m in s.micro_batches) / self.world_size  # per rank, as summed
         return totals
 
     def sft_update(self, weights: list[float], num_tokens: list[float]) -> dict[str, float]:
