@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import REPO, machine, write_json  # noqa: E402
+from bench_common import REPO, machine, real_shape_model, write_json  # noqa: E402
 from bench_memory import PeakRSS, strict_malloc  # noqa: E402
 
 VARIANTS = ("padded_every_copy", "padded_once", "padded_budget", "packed_once", "packed_budget")
@@ -51,19 +51,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def model_dir(a: argparse.Namespace) -> Path:
-    """The real-shape model: artifacts/ if built there, else built once into the bench cache."""
-    art = REPO / "artifacts" / "real-shape-qwen2.5-vl"
-    if (art / "config.json").exists():
-        return art
-    cache = Path(a.out).parent / "models" / "real-shape"
-    if not (cache / "config.json").exists():
-        from rl_vlm.models.real_shape import build_real_shape_model
-
-        build_real_shape_model(cache, seed=0)
-    return cache
 
 
 def answer_lengths(a: argparse.Namespace) -> list[int]:
@@ -85,7 +72,7 @@ def run_variant(variant: str, a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     if variant == "padded_every_copy":
         packing_mod.distinct_images = lambda *_args, **_kw: None  # every copy through the tower
-    path = model_dir(a)
+    path, _ = real_shape_model(Path(a.out).parent / "models" / "real_shape")
     pixels = a.image_side ** 2
     model_cfg = ModelConfig(path=str(path), dtype="float32", attn_implementation="sdpa", min_pixels=pixels,
                             max_pixels=pixels)
@@ -150,7 +137,7 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     s = res["settings"]
     rows = [f"{m['cpu_model']} ({m['isa']}), {m['cpus']} cores, torch {m['versions']['torch']}; real-shape model, one "
-            f"{s['image_side']} px image ({res.get('prompt_tokens', '?')} prompt tokens), {s['group']} answers of "
+            f"{s['image_side']} px image ({res['prompt_tokens']} prompt tokens), {s['group']} answers of "
             f"{s['min_answer']}-{s['max_answer']} tokens, micro-batch {s['micro_batch']} / budget {s['budget']}",
             "", "| variant | s / mini-batch | tokens/s | tokens in the forward | peak extra MiB | micro-batches |",
             "|---|---|---|---|---|---|"]
@@ -189,12 +176,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("RESULT " + json.dumps(run_variant(a.point, a)), flush=True)
         return {}
     res: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in vars(a).items() if k != "point"},
-                           "results": []}
+                           "results": [], "prompt_tokens": "?"}
     for v in a.variants.split(","):
         print(f"[{time.strftime('%H:%M:%S')}] {v}", flush=True)
         r = spawn(v, argv)
         res["results"].append(r)
-        res["prompt_tokens"] = r.get("prompt_tokens", res.get("prompt_tokens"))
+        if "prompt_tokens" in r:
+            res["prompt_tokens"] = r["prompt_tokens"]
         print(f"  {json.dumps({k: r[k] for k in r if k not in ('answers',)})[:400]}", flush=True)
     write_json(Path(a.out) / "results.json", res)
     print(markdown(res))

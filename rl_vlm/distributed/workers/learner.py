@@ -66,6 +66,7 @@ class Learner(ActorIdentity):
     def _configure(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algorithm_cfg: AlgorithmConfig,
                    seed: int) -> None:
         self.model_cfg, self.cfg = model_cfg, learner_cfg
+        self.packed = packs(learner_cfg.packing, model_cfg.attn_implementation)
         self.algorithm = build_algorithm(algorithm_cfg)
         self.seed = seed
         torch.set_num_threads(learner_cfg.torch_threads)
@@ -247,8 +248,7 @@ class Learner(ActorIdentity):
         """[n, T, H] final hidden states (the LM head's input); no logits are computed. Packed
         without padding or right-padded, as ``learner.packing`` says, each distinct image list
         encoded once (:mod:`~rl_vlm.distributed.workers.packing`)."""
-        packed = packs(self.cfg.packing, self.model_cfg.attn_implementation)
-        return micro_batch_hidden(module, b, packed, self.image_token_id)
+        return micro_batch_hidden(module, b, self.packed, self.image_token_id)
 
     def _forward(self, module: torch.nn.Module, b: SequenceBatch, entropy: EntropyMode
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
