@@ -105,6 +105,13 @@ class ActorGroup:
         self.restarts = 0
         """Actors restarted by :class:`Restart` since the group started."""
 
+    def restart_with(self, args_per_actor: Sequence[tuple[Any, ...]]) -> None:
+        """What an actor restarted from now on is constructed with (a group re-pointed at
+        another run): the running actors are left as they are."""
+        if len(args_per_actor) != len(self._bundles):
+            raise ValueError(f"{self.name}: {len(self._bundles)} bundles but {len(args_per_actor)} argument tuples")
+        self._args = [tuple(a) for a in args_per_actor]
+
     def __len__(self) -> int:
         return len(self.actors)
 

@@ -94,9 +94,8 @@ class RolloutGroup(_Pool):
         self._collective = False
         self._restart_policy = Restart(reinit=self._catch_up)
         self._asleep = False
-        args = [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), device, self.max_model_len,
-                 cfg.cluster.rollout_cpu_affinity, cfg.model.lora, layout.colocate)
-                for i in range(len(layout.rollout_bundles))]
+        self._device, self._colocate = device, layout.colocate
+        args = self._engine_args(cfg, len(layout.rollout_bundles))
         self.group = ActorGroup(RolloutEngine, layout.rollout_bundles, args, name="rl_vlm_rollout",
                                 what="rollout engine", policy=self._restart_policy, pg=pg,
                                 share=layout.share)
@@ -104,12 +103,19 @@ class RolloutGroup(_Pool):
     def reconfigure(self, cfg: Config) -> None:
         """Re-point the engines at another run whose engine settings are the same (the caller
         checks): they keep their processes and vLLM state, and hold the previous run's weights
-        until the caller loads the new run's (:meth:`load_weights`, version 0)."""
+        until the caller loads the new run's (:meth:`load_weights`, version 0). An engine restarted
+        during the run is constructed from the run's config (its ``model.path`` included)."""
+        self.group.restart_with(self._engine_args(cfg, len(self.group)))
         self.cfg = cfg.rollout
         self.weight_version = 0
         self._refs = []
         self._adapter = None
         self.group.restarts = 0  # ``rollout/restarts`` counts this run's
+
+    def _engine_args(self, cfg: Config, n: int) -> list[tuple[Any, ...]]:
+        """:class:`RolloutEngine`'s constructor arguments for engine 0..n-1 of ``cfg``'s run."""
+        return [(cfg.model.path, cfg.rollout, seeds.engine(cfg.trainer.seed, i), self._device, self.max_model_len,
+                 cfg.cluster.rollout_cpu_affinity, cfg.model.lora, self._colocate) for i in range(n)]
 
     @property
     def restarts(self) -> int:

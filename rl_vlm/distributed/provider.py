@@ -9,15 +9,18 @@ from the new config in their own processes (same world size), the engines keep t
 and load the new run's initial weights. A run then costs what it computes, not a system start
 (process starts, ``import vllm``, engine start-up): the end-to-end tests share one this way.
 Anything that would make re-pointing unsound starts fresh actors instead: another pool layout or
-engine setting, a collective weight sync (its process group is bound to the actors), or a run
-that ended with a dead worker.
+engine setting, a model whose files other than the weights differ (:func:`model_files_key`), a
+collective weight sync (its process group is bound to the actors), or a run that ended with a
+dead worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rl_vlm.distributed.interfaces import Pools
@@ -124,7 +127,8 @@ class _EngineKey:
 
     layout: tuple[object, ...]
     device: str
-    model_path: str
+    model_files: str
+    """``model.path``'s files other than the weights (:func:`model_files_key`)."""
     dtype: str
     enforce_eager: bool | None
     gpu_memory_utilization: float
@@ -146,6 +150,29 @@ class _LearnerKey:
     num_ranks: int
     cpu_affinity: tuple[int, ...]
     """``cluster.learner_cpu_affinity``: applied once, at actor start."""
+
+
+_NOT_READ_BY_ENGINE = ("build_info.json", "SHA256SUMS", "README.md")
+"""Provenance files in a model directory: no engine reads them."""
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".safetensors.index.json", ".bin.index.json")
+
+
+def model_files_key(path: str) -> str:
+    """What an engine constructed from ``path`` depends on besides its weights: a digest of the
+    directory's config, generation config, tokenizer, processor and chat template files (all
+    but the weight files and provenance), or ``path`` itself where it is not a local directory.
+    Two model directories with the same key give the same engine once it holds the run's
+    weights, which SharedPools loads at acquire from the learners (who load ``path``)."""
+    root = Path(path)
+    if not root.is_dir():
+        return path
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = f.relative_to(root).as_posix()
+        if name in _NOT_READ_BY_ENGINE or name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        digest.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _lora_key(cfg: Config) -> tuple[int, bool]:
@@ -181,8 +208,8 @@ class SharedPools:
         cpus = local_cpus(cfg, layout)
         ray_key = _RayKey(cfg.cluster.address, cpus, cfg.rollout.kv_cache_gib, cfg.cluster.log_to_driver)
         r = cfg.rollout
-        engine_key = _EngineKey(_layout_key(layout, "rollout"), device, cfg.model.path, r.dtype, r.enforce_eager,
-                                r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads,
+        engine_key = _EngineKey(_layout_key(layout, "rollout"), device, model_files_key(cfg.model.path), r.dtype,
+                                r.enforce_eager, r.gpu_memory_utilization, r.tensor_parallel_size, r.torch_threads,
                                 cfg.cluster.rollout_cpu_affinity, _lora_key(cfg), r.sleep_level)
         needed = engine_max_model_len(cfg)
         learner_key = _LearnerKey(_layout_key(layout, "learner"), device, cfg.learner.num_ranks,

@@ -78,12 +78,15 @@ def tiny_config(tokenizer):  # -> Qwen2_5_VLConfig
             vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
             rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, tie_word_embeddings=False,
-            eos_token_id=eos, pad_token_id=pad, bos_token_id=pad),
+            eos_token_id=eos, pad_token_id=pad, bos_token_id=pad, dtype="float32"),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
-                           window_size=112),
+                           window_size=112, dtype="float32"),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        # The sub-configs' dtype is what a save after loading writes (the shipped model's
+        # config.json has it): a random-init build then has the warm start's config byte for
+        # byte, and a shared system's engines serve both (SharedPools keys on these files).
         # Extra config attributes go through the config dataclass's **kwargs, which its
         # generated signature leaves out.
         eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False)  # type: ignore[call-arg]
