@@ -35,7 +35,10 @@ DEFAULT_WARM_START_STEPS = -1  # -1: the builder's own default
 REBUILD_SEED = 1  # rl_vlm.models.tiny.REBUILD_SEED, without importing torch for --help
 
 
-def _train(argv: list[str], mode: str = "train") -> int:
+def _train(argv: list[str], mode: str = "train", pools: SharedPools | None = None) -> int:
+    """``rl-vlm train`` / ``rl-vlm eval`` (and ``train -m``, a sweep) with Hydra overrides ``argv``.
+    ``pools``: a running system to run on (the caller's, left running at the end) instead of
+    fresh pools for a single run or the sweep's own :class:`SharedPools`."""
     import hydra
 
     from rl_vlm.compose import config_dir, from_omegaconf, register_base
@@ -44,6 +47,8 @@ def _train(argv: list[str], mode: str = "train") -> int:
 
     register_base()
     sweep: dict[str, Any] = {}  # filled by multirun jobs: the sweep dir, metric, failures, pools
+    if pools is not None:
+        sweep["pools"] = pools
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def run(raw: DictConfig) -> float | None:
@@ -64,16 +69,17 @@ def _train(argv: list[str], mode: str = "train") -> int:
 
             from rl_vlm.driver.controller import evaluate
 
-            metrics = evaluate(cfg)
+            metrics = evaluate(cfg, pools=pools)
             print(json.dumps(metrics, indent=2))
             return metrics.get("val/accuracy")
-        return _run_training(cfg)
+        return _run_training(cfg, pools)
 
-    sys.argv = [sys.argv[0]] + argv
+    saved_argv, sys.argv = sys.argv, [sys.argv[0]] + argv  # Hydra reads its overrides from sys.argv
     try:
         run()
     finally:
-        if "pools" in sweep:
+        sys.argv = saved_argv
+        if "pools" in sweep and sweep["pools"] is not pools:
             sweep["pools"].close()
     if "dir" in sweep:
         return _write_sweep_summary(str(sweep["dir"]), str(sweep["metric"]), str(sweep["mode"]),
@@ -148,11 +154,14 @@ def _write_sweep_summary(sweep_dir: str, metric: str, mode: str, failed: int = 0
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, pools: SharedPools | None = None) -> int:
+    """The command line (``argv``: its arguments, default ``sys.argv[1:]``). ``pools``: for
+    ``train``/``eval`` called from Python, a running system the runs use and leave running (a
+    notebook's, or a test suite's), as the benchmark scripts' ``main(argv, pools)``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if argv and argv[0] in ("train", "eval"):
-        return _train(argv[1:], mode=argv[0])
+        return _train(argv[1:], mode=argv[0], pools=pools)
     parser = argparse.ArgumentParser(prog="rl-vlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)

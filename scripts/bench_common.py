@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def build_model(out_dir: str | Path, size: ModelSize | str, seed: int = 0,
         Qwen2_5_VLForConditionalGeneration,
     )
 
+    from rl_vlm.distributed.provider import model_side_files
     from rl_vlm.models.tiny import tiny_config
 
     size = SIZES[size] if isinstance(size, str) else size
@@ -85,7 +87,8 @@ def build_model(out_dir: str | Path, size: ModelSize | str, seed: int = 0,
         info = json.loads(info_file.read_text())
         if info.get("bench_size") == size.name:
             return out, int(info["parameters"])
-    processor = AutoProcessor.from_pretrained(processor_dir or processor_source())
+    source = Path(processor_dir or processor_source())
+    processor = AutoProcessor.from_pretrained(source)
     base = tiny_config(processor.tokenizer).to_dict()
     text, vision = base["text_config"], base["vision_config"]
     if size.name != "tiny":
@@ -107,7 +110,14 @@ def build_model(out_dir: str | Path, size: ModelSize | str, seed: int = 0,
     for f in out.glob("*.safetensors"):
         f.unlink()
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    # The processor's own files, byte for byte: a save_pretrained round trip adds load provenance
+    # ("is_local") to tokenizer_config.json, and a model whose files differ in anything but the
+    # weights cannot share a running system (rl_vlm.distributed.provider.model_files_key).
+    for f in model_side_files(source):
+        if f.name not in ("config.json", "generation_config.json"):  # the model's own, saved above
+            dest = out / f.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
     n = sum(p.numel() for p in model.parameters())
     info_file.write_text(json.dumps({"seed": seed, "parameters": n, "bench_size": size.name, "warm_start": None},
                                     indent=2))

@@ -1,5 +1,6 @@
 """Shared fixtures: the tiny Qwen2.5-VL, random-init (built once per session) and warm-started (shipped), the
-real-shape model, and one running system for the end-to-end runs."""
+real-shape model, and one running system for the end-to-end runs; and how the two xdist workers
+split the suite (:func:`pytest_collection_modifyitems`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,50 @@ import pytest
 
 # Learner/rollout processes on a 2-core box: keep every process single-threaded by default.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Each xdist worker has one shared running system (``shared_pools``); a system start costs
+# 50-100 s on 2 cores. The end-to-end files that share one are two groups, one per worker, each
+# in an order where a start happens only where one is needed anyway: warm-a's first run starts
+# it, the fault run restarts it, and the real-shape model needs its own; warm-b's first run
+# starts fresh actors on purpose, and the colocated layout needs its own, so it goes last.
+# Then the files with a system of their own (another process or Ray cluster), then the rest.
+_GROUPS = {
+    "warm-a": ("e2e/test_algorithms_e2e.py", "e2e/test_curriculum_e2e.py", "e2e/test_eval.py",
+               "e2e/test_checkpoint_e2e.py", "e2e/test_real_shape_e2e.py"),
+    "warm-b": ("e2e/test_train_e2e.py", "e2e/test_learning.py", "test_benchmarks_smoke.py", "e2e/test_sweep.py",
+               "e2e/test_colocate_lora_e2e.py"),
+}
+_OWN_SYSTEM = ("e2e/test_multinode.py", "test_gpu_smoke.py")
+_ORDER = [f for files in _GROUPS.values() for f in files] + list(_OWN_SYSTEM)
+_GROUP_OF = {f"tests/{f}": g for g, files in _GROUPS.items() for f in files}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files listed above first, in that order (the xdist workers take the units of work
+    in collection order: ``--no-loadscope-reorder`` in pyproject)."""
+    tests = Path(__file__).parent
+    rank: dict[pytest.Item, int] = {}
+    for item in items:
+        rel = item.path.relative_to(tests).as_posix()
+        rank[item] = _ORDER.index(rel) if rel in _ORDER else len(_ORDER)
+    items.sort(key=rank.__getitem__)  # stable: a file's own order is kept
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile`` with the groups above: a file is a unit of work (module fixtures stay
+    shared), except that each group is one unit, so its files run on one worker and share its
+    system. (Not ``--dist loadgroup``: xdist 3.8 marks a group by editing the test's node id,
+    which pytest 9.2 no longer takes, pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class GroupedFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return _GROUP_OF.get(file, file)
+
+    return GroupedFiles(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,15 @@ def _run(script: str, out: Path, processor_dir: Path, pools: SharedPools, monkey
     return json.loads((out / "results.json").read_text())
 
 
+def test_bench_tiny_model_shares_the_suites_running_system(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The benchmarks' tiny model differs from the suite's in its weights only, so the smokes
+    # re-point the shared system instead of starting their own (SharedPools' engine key).
+    from rl_vlm.distributed.provider import model_files_key
+
+    path, _ = _script("bench_common").build_model(tmp_path / "tiny", "tiny", processor_dir=tiny_model_dir)
+    assert model_files_key(str(path)) == model_files_key(str(tiny_model_dir))
+
+
 def test_bench_e2e_rl_vlm(tiny_model_dir: Path, bench_root: Path, shared_pools: SharedPools,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     res = _run("bench_e2e", bench_root / "e2e", tiny_model_dir, shared_pools, monkeypatch, "--frameworks", "rl_vlm",

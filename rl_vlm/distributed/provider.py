@@ -157,21 +157,25 @@ _NOT_READ_BY_ENGINE = ("build_info.json", "SHA256SUMS", "README.md")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".safetensors.index.json", ".bin.index.json")
 
 
+def model_side_files(root: Path) -> list[Path]:
+    """The files of model directory ``root`` besides its weights and provenance (config,
+    generation config, tokenizer, processor, chat template, and any file this list does not
+    know), sorted: what an engine built from ``root`` depends on apart from the weights."""
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and p.relative_to(root).as_posix() not in _NOT_READ_BY_ENGINE
+                  and not p.name.endswith(_WEIGHT_SUFFIXES))
+
+
 def model_files_key(path: str) -> str:
-    """What an engine constructed from ``path`` depends on besides its weights: a digest of the
-    directory's config, generation config, tokenizer, processor and chat template files (all
-    but the weight files and provenance), or ``path`` itself where it is not a local directory.
-    Two model directories with the same key give the same engine once it holds the run's
-    weights, which SharedPools loads at acquire from the learners (who load ``path``)."""
+    """A digest of ``path``'s :func:`model_side_files`, or ``path`` itself where it is not a local
+    directory. Two model directories with the same key give the same engine once it holds the
+    run's weights, which SharedPools loads at acquire from the learners (who load ``path``)."""
     root = Path(path)
     if not root.is_dir():
         return path
     digest = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        name = f.relative_to(root).as_posix()
-        if name in _NOT_READ_BY_ENGINE or name.endswith(_WEIGHT_SUFFIXES):
-            continue
-        digest.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    for f in model_side_files(root):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     return digest.hexdigest()
 
 

@@ -4,8 +4,8 @@
 
 What the tiny model cannot show: the engine and the learner agree on log-probs over the real
 vocabulary after a weight sync, with prompts of 1 k+ tokens, and a step's memory fits. The file
-sits just before test_train_e2e.py, whose first run starts fresh actors anyway: the real-shape
-system costs its own start and nobody else's.
+is the last of its worker's group (tests/conftest.py): the real-shape system costs its own start
+and nobody else's.
 """
 
 from __future__ import annotations
