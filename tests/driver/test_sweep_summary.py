@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,6 @@ def test_sweep_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_multirun_dispatch_with_stub_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rl-vlm train -m``: 2 x 2 runs through Hydra's launcher, each with its own directory, the
     seed rule, the wandb group/name, and a failing run recorded without ending the sweep."""
-    import os
 
     import rl_vlm.cli as cli
 
@@ -113,6 +113,34 @@ def test_multirun_dispatch_with_stub_training(tmp_path: Path, monkeypatch: pytes
     assert [(r.job, r.status) for r in runs] == [(1, "ok"), (0, "ok"), (2, "ok"), (3, "failed")]
     assert "boom" in json.loads((sweep / "3" / "sweep_run.json").read_text())["error"]
     assert (sweep / "summary.md").exists()
+
+
+def test_a_running_system_passed_in_serves_every_run_and_stays_running(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main(argv, pools)``: a single run and each run of a sweep get the caller's pools, which
+    are not closed at the end (the caller owns them)."""
+    import rl_vlm.cli as cli
+
+    class Caller:  # what the runs get; a SharedPools has close() too
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    seen = []
+
+    def fake_training(cfg, pools):
+        seen.append(pools)
+        os.makedirs(cfg.trainer.output_dir, exist_ok=True)
+        Path(cfg.trainer.output_dir, "metrics.jsonl").write_text(json.dumps({"step": 1, "val/accuracy": 0.5}) + "\n")
+        return 0.5
+
+    monkeypatch.setattr(cli, "_run_training", fake_training)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    mine = Caller()
+    assert cli.main(["train", "-m", "learner.lr=1e-6,2e-6", f"hydra.sweep.dir={tmp_path / 'sw'}"], pools=mine) == 0
+    assert cli.main(["train", f"trainer.output_dir={tmp_path / 'one'}"], pools=mine) == 0
+    assert seen == [mine, mine, mine] and not mine.closed
 
 
 def test_swept_keys_from_the_command_line() -> None:
