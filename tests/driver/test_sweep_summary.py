@@ -82,7 +82,6 @@ def test_sweep_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_multirun_dispatch_with_stub_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rl-vlm train -m``: 2 x 2 runs through Hydra's launcher, each with its own directory, the
     seed rule, the wandb group/name, and a failing run recorded without ending the sweep."""
-
     import rl_vlm.cli as cli
 
     seen = []
