@@ -98,6 +98,7 @@ class ActorGroup:
         self.name, self.what, self.policy = name, what, policy
         self._bundles = [dict(b) for b in bundles]
         self._args = [tuple(a) for a in args_per_actor]
+        self._own_pg = pg is None
         self.pg = pg if pg is not None else create_placement_group(self._bundles, name)
         self._share = share
         self._actor_cls: Any = ray.remote(actor_cls)  # Ray's ActorClass, untyped like its handles
@@ -114,6 +115,18 @@ class ActorGroup:
 
     def __len__(self) -> int:
         return len(self.actors)
+
+    def stop(self) -> None:
+        """Kill every actor (dead or alive) and free the placement group this group created; the
+        group is unusable afterwards."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        if self._own_pg:
+            remove_placement_group(self.pg)
 
     def _start(self, i: int) -> ActorHandle:
         b = self._bundles[i]

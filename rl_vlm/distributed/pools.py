@@ -247,6 +247,10 @@ class LearnerGroup(_Pool):
     def device_mini_batches(self) -> list[list[int]]:
         return self.sharding.device_mini_batches
 
+    def stop(self) -> None:
+        """Kill every rank (after one died: the others would hang in the next collective)."""
+        self.group.stop()
+
     def save_checkpoint(self, path: str) -> None:
         """Every rank writes its shards into checkpoint directory ``path`` (returns when all did)."""
         self.group.call("save_checkpoint", path)

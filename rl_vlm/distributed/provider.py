@@ -10,8 +10,9 @@ and load the new run's initial weights. A run then costs what it computes, not a
 (process starts, ``import vllm``, engine start-up): the end-to-end tests share one this way.
 Anything that would make re-pointing unsound starts fresh actors instead: another pool layout or
 engine setting, a model whose files other than the weights differ (:func:`model_files_key`), a
-collective weight sync (its process group is bound to the actors), or a run that ended with a
-dead worker.
+collective weight sync (its process group is bound to the actors), or a failed run whose
+engines do not all answer or are colocated with the ranks. After a failed run whose engines do
+(a dead learner rank) only the ranks are replaced (:meth:`SharedPools.release`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ log = logging.getLogger("rl_vlm.distributed")
 
 def _start(cfg: Config, with_learners: bool,
            max_model_len: int | None = None) -> tuple[RolloutGroup, LearnerGroup | None]:
-    from rl_vlm.distributed.pools import LearnerGroup, RolloutGroup
-    from rl_vlm.distributed.sync.collective import connect_weight_sync
+    from rl_vlm.distributed.pools import RolloutGroup
 
     device = resolve_device(cfg.cluster.device)
     layout = pool_layout(cfg.cluster, cfg.rollout, cfg.learner, device)
@@ -56,10 +56,18 @@ def _start(cfg: Config, with_learners: bool,
         # vLLM sizes its pool from the device's free memory at start-up: a learner loading its
         # model onto the same GPU meanwhile would make that measurement wrong.
         rollout.call("pid")
-    learners = LearnerGroup(cfg, layout, device, pg=pg) if with_learners else None
-    if learners is not None:
-        connect_weight_sync(rollout, learners, device)
+    learners = _start_learners(cfg, layout, device, rollout, pg) if with_learners else None
     return rollout, learners
+
+
+def _start_learners(cfg: Config, layout: PoolLayout, device: str, rollout: RolloutGroup,
+                    pg: object = None) -> LearnerGroup:
+    from rl_vlm.distributed.pools import LearnerGroup
+    from rl_vlm.distributed.sync.collective import connect_weight_sync
+
+    learners = LearnerGroup(cfg, layout, device, pg=pg)
+    connect_weight_sync(rollout, learners, device)
+    return learners
 
 
 def _ray_running() -> bool:
@@ -202,8 +210,11 @@ class SharedPools:
         self._engine_key: _EngineKey | None = None
         self._learner_key: _LearnerKey | None = None
         self._reusable = False
+        self._colocated = False
         self.reused = 0
         """Runs served by re-pointed actors (for tests and logs)."""
+        self.learner_restarts = 0
+        """Runs that got new learner ranks beside the running engines after a failed run."""
         _LIVE.add(self)
 
     def acquire(self, cfg: Config, with_learners: bool) -> Pools:
@@ -229,11 +240,16 @@ class SharedPools:
             # evaluation-only runs included (model.path's weights, published by the learners).
             self._rollout, self._learners = _start(cfg, with_learners=True, max_model_len=shared_engine_len(cfg))
             self._ray, self._engine_key, self._learner_key = ray_key, engine_key, learner_key
-            self._reusable = not collective
+            self._reusable, self._colocated = not collective, layout.colocate
         else:
-            assert self._rollout is not None and self._learners is not None
+            assert self._rollout is not None
             self._rollout.reconfigure(cfg)
-            self._learners.reconfigure(cfg)
+            if self._learners is None:  # the last run failed: its ranks were stopped (release)
+                self._learners = _start_learners(cfg, layout, device, self._rollout)
+                self.learner_restarts += 1
+                log.info("started new learner ranks beside the running engines")
+            else:
+                self._learners.reconfigure(cfg)
             # The engines still hold the previous run's weights: give them this run's start.
             self._rollout.load_weights(self._learners.publish_weights(), 0)
             self.reused += 1
@@ -241,8 +257,24 @@ class SharedPools:
         return Pools(self._rollout, self._learners if with_learners else None)
 
     def release(self, failed: bool) -> None:
-        if failed:
+        """After a failed run (a dead learner rank, usually: the others would hang in the next
+        collective) the ranks are stopped, but Ray and the engines keep running if every engine
+        answers (a dead one is restarted by its pool) and they are not colocated with the ranks:
+        the restarted run then pays the ranks' start, not the engines' (minutes at 7B on a GPU).
+        Anything else closes everything."""
+        if not failed:
+            return
+        if self._rollout is None or self._learners is None or not self._reusable or self._colocated:
             self.close()
+            return
+        try:
+            self._rollout.call("pid")
+            self._learners.stop()
+        except Exception as e:  # noqa: BLE001 - a system in an unknown state starts over
+            log.warning("closing the pools after a failed run: %s", e)
+            self.close()
+            return
+        self._learners = None
 
     def actor_pids(self) -> dict[str, list[int]]:
         """Process ids of the running engines and learner ranks, by pool (empty when nothing

@@ -148,9 +148,10 @@ def train(cfg: Config, pools: PoolProvider | None = None) -> str:
     """Run ``cfg`` to completion; returns the run directory.
 
     Resumes from ``trainer.resume`` (default: the newest complete checkpoint of the run
-    directory). A learner rank that dies makes the whole system restart from the newest
-    checkpoint, at most ``trainer.max_restarts`` times. ``pools``: where the actors come from
-    (default: new ones for this run, shut down at its end; see :mod:`rl_vlm.distributed.provider`).
+    directory). A learner rank that dies makes the system restart from the newest checkpoint,
+    at most ``trainer.max_restarts`` times (the provider decides what it replaces: every actor,
+    or only the ranks). ``pools``: where the actors come from (default: new ones for this run,
+    shut down at its end; see :mod:`rl_vlm.distributed.provider`).
     """
     from rl_vlm.distributed.provider import FreshPools
 

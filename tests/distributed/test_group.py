@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,14 +77,6 @@ def _crash(ray: Any, actor: Any) -> None:
         ray.get(actor.die.remote())
 
 
-def _remove(ray: Any, g: ActorGroup) -> None:
-    from ray.util import remove_placement_group
-
-    for a in g.actors:
-        ray.kill(a, no_restart=True)
-    remove_placement_group(g.pg)
-
-
 def test_fan_out_calls_in_actor_order_and_fail_policy(ray_local: Any) -> None:
     ray = ray_local
     g = _group(ray, Fail(), "test_fail")
@@ -100,7 +93,19 @@ def test_fan_out_calls_in_actor_order_and_fail_policy(ray_local: Any) -> None:
             g.call("add", 0)
         assert g.restarts == 0
     finally:
-        _remove(ray, g)
+        actors = list(g.actors)
+        g.stop()
+    # stop(): every actor killed, the dead one included, and the group's bundles given back.
+    from ray.exceptions import RayActorError
+    from ray.util import placement_group_table
+
+    for a in actors:
+        with pytest.raises(RayActorError):
+            ray.get(a.pid.remote())
+    deadline = time.time() + 30
+    while placement_group_table(g.pg)["state"] != "REMOVED":
+        assert time.time() < deadline, placement_group_table(g.pg)
+        time.sleep(0.1)
 
 
 def test_restart_policy_restarts_the_dead_actor_reinitialises_and_retries(ray_local: Any) -> None:
@@ -121,7 +126,7 @@ def test_restart_policy_restarts_the_dead_actor_reinitialises_and_retries(ray_lo
         assert new_pids[0] == pids[0] and new_pids[1] != pids[1]
         assert g.call("loaded_value") == [None, "current"]
     finally:
-        _remove(ray, g)
+        g.stop()
 
 
 def test_restart_policy_gives_up_after_max_retries(ray_local: Any) -> None:
@@ -137,4 +142,4 @@ def test_restart_policy_gives_up_after_max_retries(ray_local: Any) -> None:
             g.call("add", 0)
         assert g.restarts == 2
     finally:
-        _remove(ray, g)
+        g.stop()

@@ -6,7 +6,8 @@
 - ``rl-vlm export`` of a checkpoint gives a HF directory equal to the learner's weights that
   transformers and vLLM load, with matching log-probs;
 - a rollout engine killed mid-run is restarted and re-synced; a learner rank killed mid-run
-  makes the driver restart from the newest checkpoint; no step is lost or logged twice.
+  makes the driver restart from the newest checkpoint with new ranks beside the running engines
+  (SharedPools keeps them); no step is lost or logged twice.
 
 Only the killed run is its own process (``rl-vlm train``: SIGKILL must take the driver too).
 The uninterrupted reference, the resumed run and the fault run go through ``train`` on the
@@ -36,7 +37,7 @@ from rl_vlm.driver.tracking import read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPS = 4
+STEPS = 2  # the kill-and-resume runs: a checkpoint every step, killed during the last one
 # Timings and the clock differ between runs by nature; everything else must be identical.
 VOLATILE = ("time/", "perf/")
 
@@ -53,7 +54,7 @@ def _overrides(model: Path, data: tuple[Path, Path], run_dir: Path) -> list[str]
     return [f"model.path={model}", f"data.train_files=[{data[0]}]", f"data.val_files=[{data[1]}]",
             "data.rollout_batch_size=2", "data.val_size=4", "rollout.n=4", "rollout.max_new_tokens=16",
             "learner.num_ranks=2", "learner.mini_batch_size=1", "learner.micro_batch_size=2",
-            "learner.lr=1e-3", f"trainer.total_steps={STEPS}", "trainer.val_every=2", "trainer.save_every=2",
+            "learner.lr=1e-3", f"trainer.total_steps={STEPS}", "trainer.val_every=1", "trainer.save_every=1",
             "trainer.keep_last=3", "trainer.save_final_model=true", "trainer.progress_bar=false",
             f"trainer.output_dir={run_dir}"]
 
@@ -80,7 +81,7 @@ def _stable(record: dict) -> dict:
 @pytest.fixture(scope="module")
 def reference_run(warm_model_dir: Path, data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
                   shared_pools: SharedPools) -> Path:
-    """An uninterrupted 4-step run (checkpoints at steps 2 and 4, final HF weights)."""
+    """An uninterrupted 2-step run (checkpoints at steps 1 and 2, final HF weights)."""
     ref_dir = tmp_path_factory.mktemp("uninterrupted")
     train(compose(_overrides(warm_model_dir, data, ref_dir)), pools=shared_pools)
     return ref_dir
@@ -92,30 +93,30 @@ def test_kill_during_save_then_resume_is_the_same_run(warm_model_dir: Path, data
     ref_dir, run_dir = reference_run, tmp_path / "killed"
 
     # Each save sleeps inside the temporary directory; kill the whole driver process group
-    # (SIGKILL: no handler runs) while step 4's checkpoint is being written.
+    # (SIGKILL: no handler runs) while step 2's checkpoint is being written.
     proc = _launch(_overrides(warm_model_dir, data, run_dir), env={"RL_VLM_FAULT_SAVE_SLEEP_S": "3"})
     ckpts = run_dir / "checkpoints"
     deadline = time.time() + 600
-    while not (ckpts.is_dir() and any(p.name.startswith(".tmp-step_4") for p in ckpts.iterdir())):
+    while not (ckpts.is_dir() and any(p.name.startswith(".tmp-step_2") for p in ckpts.iterdir())):
         assert proc.poll() is None, proc.communicate()[0][-4000:]
-        assert time.time() < deadline, "step 4's save never started"
+        assert time.time() < deadline, "step 2's save never started"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     store = CheckpointStore(str(run_dir))
-    assert store.latest() == str(ckpts / "step_2")
-    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()] == [0, 1, 2, 3, 4]
+    assert store.latest() == str(ckpts / "step_1")
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()] == [0, 1, 2]
 
     train(compose(_overrides(warm_model_dir, data, run_dir)), pools=shared_pools)
     out = capsys.readouterr().out
-    assert "resumed from" in out and "step_2 at step 2" in out, out[-3000:]
+    assert "resumed from" in out and "step_1 at step 1" in out, out[-3000:]
     assert not any(p.name.startswith(".tmp") for p in ckpts.iterdir()), "stale temp dir left behind"
-    assert [Path(p).name for p in store.list()] == ["step_2", "step_4"]
+    assert [Path(p).name for p in store.list()] == ["step_1", "step_2"]
     assert all(is_complete(p, deep=True) for p in store.list())
 
     ref = {r["step"]: _stable(r) for r in read_metrics(str(ref_dir))}
     got = read_metrics(str(run_dir))
-    assert [r["step"] for r in got] == [0, 1, 2, 3, 4], "every step exactly once"
+    assert [r["step"] for r in got] == [0, 1, 2], "every step exactly once"
     for r in got:
         assert _stable(r) == ref[r["step"]], f"step {r['step']} differs after resume"
     a, b = _weights(ref_dir / "final"), _weights(run_dir / "final")
@@ -136,9 +137,9 @@ def test_export_matches_learner_in_transformers_and_vllm(data: tuple[Path, Path]
 
     run_dir = reference_run
     out = tmp_path / "exported"
-    # The final checkpoint (step 4) holds the same weights the learners wrote to final/.
+    # The final checkpoint (step 2) holds the same weights the learners wrote to final/.
     res = subprocess.run([sys.executable, "-c", "from rl_vlm.cli import main; raise SystemExit(main())",
-                          "export", str(run_dir / "checkpoints" / "step_4"), str(out)],
+                          "export", str(run_dir / "checkpoints" / "step_2"), str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     learner, exported = _weights(run_dir / "final"), _weights(out)
@@ -167,8 +168,10 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
     run_dir = tmp_path / "faults"
     # One batch sampled ahead (trainer.max_staleness=1): the engine dies with step 3's requests in
     # flight, and the learner's death restarts the run from step 2 with step 3's batch pending.
-    cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.val_every=0", "trainer.max_staleness=1"])
+    cfg = compose([*_overrides(warm_model_dir, data, run_dir), "trainer.total_steps=4", "trainer.save_every=2",
+                   "trainer.val_every=0", "trainer.max_staleness=1"])
     events: list[str] = []
+    before_learner_death: dict[str, list[int]] = {}
 
     def metrics_steps() -> list[int]:
         path = run_dir / "metrics.jsonl"
@@ -183,7 +186,8 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
         events.append("rollout")
         while 3 not in metrics_steps() and time.time() < deadline:
             time.sleep(0.2)
-        os.kill(shared_pools.actor_pids()["learner"][0], signal.SIGKILL)
+        before_learner_death.update(shared_pools.actor_pids())  # the engine is the restarted one
+        os.kill(before_learner_death["learner"][0], signal.SIGKILL)
         events.append("learner")
 
     t = threading.Thread(target=inject, daemon=True)
@@ -191,6 +195,10 @@ def test_dead_rollout_engine_and_dead_learner_lose_no_step(warm_model_dir: Path,
     train(cfg, pools=shared_pools)
     t.join(timeout=5)
     assert events == ["rollout", "learner"]
+    # The restart replaced the ranks only: the same engine process, new learner processes.
+    after = shared_pools.actor_pids()
+    assert after["rollout"] == before_learner_death["rollout"] and shared_pools.learner_restarts >= 1
+    assert not set(after["learner"]) & set(before_learner_death["learner"])
     assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2, 3, 4], "every step exactly once"
     trained = [json.loads(line) for line in (run_dir / "prompts.jsonl").open()]
     assert [r["step"] for r in trained] == [1, 2, 3, 4]
