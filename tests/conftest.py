@@ -13,18 +13,22 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Each xdist worker has one shared running system (``shared_pools``); a system start costs
-# 50-100 s on 2 cores. The end-to-end files that share one are two groups, one per worker, each
-# in an order where a start happens only where one is needed anyway: warm-a's first run starts
-# it, the fault run restarts it, and the real-shape model needs its own; warm-b's first run
-# starts fresh actors on purpose, and the colocated layout needs its own, so it goes last.
-# Then the files with a system of their own (another process or Ray cluster), then the rest.
+# 50-100 s on 2 cores, and on 2 cores the suite is CPU-bound, so its time is its CPU work. The
+# end-to-end files that share a system are two groups, one per worker, each in an order where a
+# system starts only where one is needed anyway: warm-a's first run (the uninterrupted reference
+# of kill-and-resume) starts it, the killed run is its own process, the real-shape model needs
+# its own system; warm-b's first run starts fresh actors on purpose, and the colocated layout
+# needs its own, so it goes last. The two-node test
+# (its own Ray cluster) ends warm-a: by then the other worker runs light unit tests, and a
+# raylet started beside a system start can miss Ray's fixed 30 s registration limit. Then the
+# GPU smoke's dry runs (their own processes), then every other file as a unit.
 _GROUPS = {
-    "warm-a": ("e2e/test_algorithms_e2e.py", "e2e/test_curriculum_e2e.py", "e2e/test_eval.py",
-               "e2e/test_checkpoint_e2e.py", "e2e/test_real_shape_e2e.py"),
-    "warm-b": ("e2e/test_train_e2e.py", "e2e/test_learning.py", "test_benchmarks_smoke.py", "e2e/test_sweep.py",
+    "warm-a": ("e2e/test_checkpoint_e2e.py", "e2e/test_real_shape_e2e.py", "e2e/test_multinode.py"),
+    "warm-b": ("e2e/test_train_e2e.py", "e2e/test_algorithms_e2e.py", "e2e/test_curriculum_e2e.py",
+               "e2e/test_eval.py", "e2e/test_learning.py", "test_benchmarks_smoke.py", "e2e/test_sweep.py",
                "e2e/test_colocate_lora_e2e.py"),
 }
-_OWN_SYSTEM = ("e2e/test_multinode.py", "test_gpu_smoke.py")
+_OWN_SYSTEM = ("test_gpu_smoke.py",)
 _ORDER = [f for files in _GROUPS.values() for f in files] + list(_OWN_SYSTEM)
 _GROUP_OF = {f"tests/{f}": g for g, files in _GROUPS.items() for f in files}
 
