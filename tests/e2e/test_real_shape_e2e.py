@@ -4,8 +4,8 @@
 
 What the tiny model cannot show: the engine and the learner agree on log-probs over the real
 vocabulary after a weight sync, with prompts of 1 k+ tokens, and a step's memory fits. The file
-is the last of its worker's group (tests/conftest.py): the real-shape system costs its own start
-and nobody else's.
+follows the checkpoint file in its worker's group (tests/conftest.py), whose system it cannot
+use: the real-shape system costs its own start and nobody else's.
 """
 
 from __future__ import annotations
